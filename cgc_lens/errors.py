@@ -27,5 +27,6 @@ def unknown_name(kind: str, name: object, valid: Iterable[str], *, where: str = 
     """
     valid = sorted(set(valid))
     close = difflib.get_close_matches(str(name), valid, n=3, cutoff=0.5)
-    hint = f"Closest: {close}." if close else f"Valid: {valid[:20]}{' ...' if len(valid) > 20 else ''}."
+    more = " ..." if len(valid) > 20 else ""
+    hint = f"Closest: {close}." if close else f"Valid: {valid[:20]}{more}."
     return CgcLensError(f"Unknown {kind} {name!r}{where}. {hint}")
