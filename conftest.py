@@ -2,7 +2,9 @@
 
 from jaxtyping import install_import_hook
 
-# Must run before anything imports cgc_lens, so that every annotated public function is
-# checked while the tests run (STYLE rule 6), and nowhere else.
-with install_import_hook("cgc_lens", "beartype.beartype"):
-    import cgc_lens  # noqa: F401
+# Installed for the whole session (not as a `with` block, which would instrument only what is
+# imported inside it): every cgc_lens module imported later is checked too (STYLE rule 6).
+# The PEP 484 numeric tower lets an int stand where a float is annotated, as Python intends.
+_JAXTYPING_HOOK = install_import_hook(
+    "cgc_lens", "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))"
+)

@@ -1,8 +1,40 @@
 """cgc-lens: what compression does to a language model's inside."""
 
+from cgc_lens.allocate import Allocation, cgc_f, cgc_l, inverted, uniform
+from cgc_lens.analysis import capability_density
+from cgc_lens.data import Corpus, TokenBlocks, load_corpus, sliding_windows, token_blocks
 from cgc_lens.errors import CgcLensError
+from cgc_lens.metrics import kl_divergence, perplexity, perplexity_result, token_nll
+from cgc_lens.models import embedded_asset_dir, load_model, load_tokenizer
+from cgc_lens.probes import run_probes
 from cgc_lens.sites import MLP, Head, Site, hook_name
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "CgcLensError", "Head", "Site", "__version__", "hook_name"]
+__all__ = [
+    "MLP",
+    "Allocation",
+    "CgcLensError",
+    "Corpus",
+    "Head",
+    "Site",
+    "TokenBlocks",
+    "__version__",
+    "capability_density",
+    "cgc_f",
+    "cgc_l",
+    "embedded_asset_dir",
+    "hook_name",
+    "inverted",
+    "kl_divergence",
+    "load_corpus",
+    "load_model",
+    "load_tokenizer",
+    "perplexity",
+    "perplexity_result",
+    "run_probes",
+    "sliding_windows",
+    "token_blocks",
+    "token_nll",
+    "uniform",
+]

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
-__all__ = ["kl_divergence", "token_nll"]
+from cgc_lens.data import TokenBlocks, sliding_windows
+from cgc_lens.errors import CgcLensError
+
+if TYPE_CHECKING:
+    from transformer_lens import HookedTransformer
+
+__all__ = ["PerplexityResult", "kl_divergence", "perplexity", "perplexity_result", "token_nll"]
 
 
 def token_nll(
@@ -38,3 +49,147 @@ def kl_divergence(
     ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
     logp = torch.log_softmax(logits.float(), dim=-1)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerplexityResult:
+    """Summed loss of one perplexity evaluation; perplexity is exp of the token-weighted mean."""
+
+    nll_sum: float
+    """Total negative log-likelihood of the scored tokens, in nats (accumulated in float64)."""
+    n_tokens: int
+    """How many tokens were scored."""
+    protocol: Literal["chunked", "sliding"]
+    """Chunked: every block resets the context. Sliding: windows of ``window`` tokens every
+    ``stride`` tokens, each scoring only the positions it introduces."""
+    window: int | None = None
+    """Sliding-window length in stream tokens (None when chunked)."""
+    stride: int | None = None
+    """Sliding-window stride (None when chunked)."""
+
+    @property
+    def mean_nll(self) -> float:
+        """Token-weighted mean NLL in nats."""
+        return self.nll_sum / self.n_tokens
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(mean_nll)``."""
+        return math.exp(self.mean_nll)
+
+
+def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int) -> None:
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and width > n_ctx:
+        raise CgcLensError(f"Expected inputs of at most n_ctx={n_ctx} tokens (bos included), got "
+                           f"{width}; use shorter blocks or a sliding window.")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab):
+        raise CgcLensError(f"Expected token ids in [0, d_vocab={model.cfg.d_vocab}), got "
+                           f"[{int(tokens.min())}, {int(tokens.max())}].")
+
+
+def _bos(model: HookedTransformer) -> int:
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise CgcLensError(f"Expected a model whose tokenizer has a bos token for "
+                           f"prepend_bos=True, got {model.cfg.model_name} without one.")
+    return int(bos)
+
+
+def perplexity_result(
+    model: HookedTransformer,
+    tokens: TokenBlocks | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
+    *,
+    batch_size: int = 8,
+    window: int | None = None,
+    stride: int | None = None,
+    prepend_bos: bool = False,
+    progress: bool = True,
+) -> PerplexityResult:
+    """Total NLL and scored-token count under the chunked or the sliding-window protocol.
+
+    Chunked (``window=None``; survival paper §3.5): each row of ``tokens`` is a block that
+    resets the context; its positions after the first are scored. Sliding (App. D): each row
+    (or the 1-D stream) is read in windows of ``window`` tokens every ``stride`` tokens and
+    only the newly introduced positions are scored (:func:`cgc_lens.data.sliding_windows`).
+    With ``prepend_bos`` a bos token is fed before every block or window, so its first token
+    is scored too.
+
+    Example:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, n_ctx=16,
+        ...                               d_vocab=11, act_fn="relu", attn_only=True)
+        >>> model = HookedTransformer(cfg)
+        >>> res = perplexity_result(model, torch.randint(0, 11, (4, 16)), progress=False)
+        >>> res.n_tokens, res.protocol
+        (60, 'chunked')
+    """
+    if batch_size < 1:
+        raise CgcLensError(f"Expected batch_size >= 1, got {batch_size}.")
+    if (window is None) != (stride is None):
+        raise CgcLensError(f"Expected window and stride together (sliding) or neither (chunked), "
+                           f"got window={window}, stride={stride}.")
+    rows = tokens.tokens if isinstance(tokens, TokenBlocks) else torch.as_tensor(tokens)
+    if window is None and rows.ndim != 2:
+        raise CgcLensError(f"Expected [n_blocks, block_len] tokens for chunked perplexity, got "
+                           f"shape {tuple(rows.shape)}; pass window= and stride= for a stream.")
+    rows = rows[None] if rows.ndim == 1 else rows
+    if rows.ndim != 2 or rows.numel() == 0:
+        raise CgcLensError(f"Expected non-empty tokens [batch, pos] or [pos], got shape "
+                           f"{tuple(rows.shape)}.")
+    bos = _bos(model) if prepend_bos else None
+    width = window if window is not None else rows.shape[1]
+    _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None))
+    # (row, begin, end, score_from) per forward pass, grouped by length to batch them
+    # chunked is the sliding protocol with one window per row
+    windows = sliding_windows(rows.shape[1], window=width, stride=stride or width,
+                              prepend_bos=prepend_bos)
+    spans: dict[int, list[tuple[int, int, int, int]]] = {}
+    for r in range(rows.shape[0]):
+        for w in windows:
+            spans.setdefault(w.end - w.begin, []).append((r, w.begin, w.end, w.score_from))
+    batches = [group[i:i + batch_size] for group in spans.values()
+               for i in range(0, len(group), batch_size)]
+    device = next(model.parameters()).device
+    nll_sum, n_tokens = torch.zeros((), dtype=torch.float64), 0
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc="perplexity", disable=not progress):
+            inputs = torch.stack([rows[r, b:e] for r, b, e, _ in batch])
+            if bos is not None:
+                inputs = torch.cat([torch.full_like(inputs[:, :1], bos), inputs], dim=1)
+            inputs = inputs.to(device=device, dtype=torch.long)
+            nll = token_nll(model(inputs, return_type="logits"), inputs)
+            # nll[:, j] scores input position j + 1, i.e. stream position begin + j + 1 - bos
+            first = torch.tensor([s - b - 1 + (bos is not None) for _, b, _, s in batch])
+            mask = torch.arange(nll.shape[1])[None] >= first[:, None]
+            nll_sum += nll[mask.to(device)].double().sum().cpu()
+            n_tokens += int(mask.sum())
+    return PerplexityResult(nll_sum=float(nll_sum), n_tokens=n_tokens,
+                            protocol="chunked" if window is None else "sliding",
+                            window=window, stride=stride)
+
+
+def perplexity(
+    model: HookedTransformer,
+    tokens: TokenBlocks | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
+    *,
+    batch_size: int = 8,
+    window: int | None = None,
+    stride: int | None = None,
+    prepend_bos: bool = False,
+    progress: bool = True,
+) -> float:
+    """Perplexity, ``exp`` of the token-weighted mean NLL; see :func:`perplexity_result`.
+
+    Example:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_heads=2, d_head=4, n_ctx=16,
+        ...                               d_vocab=11, act_fn="relu", attn_only=True)
+        >>> model = HookedTransformer(cfg)
+        >>> stream = torch.randint(0, 11, (100,))
+        >>> ppl = perplexity(model, stream, window=16, stride=4, progress=False)
+        >>> 1.0 < ppl < 100.0
+        True
+    """
+    return perplexity_result(model, tokens, batch_size=batch_size, window=window, stride=stride,
+                             prepend_bos=prepend_bos, progress=progress).perplexity

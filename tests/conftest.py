@@ -50,3 +50,20 @@ def _cgc_tiny_cached() -> HookedTransformer:
 def cgc_tiny(_cgc_tiny_cached: HookedTransformer) -> HookedTransformer:
     """The embedded cgc-tiny model, loaded once per session and deep-copied per test."""
     return copy.deepcopy(_cgc_tiny_cached)
+
+
+@pytest.fixture
+def unchecked():
+    """Switch off the jaxtyping/beartype call checks for one test.
+
+    For tests of cgc-lens's own validation of bad input (a wrong dtype, a mismatched shape, an
+    unknown Literal): under pytest the type checker would otherwise pre-empt the check the
+    library performs for its users, who run without it.
+    """
+    from jaxtyping import config
+
+    config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        config.update("jaxtyping_disable", False)

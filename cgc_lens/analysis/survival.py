@@ -1,0 +1,556 @@
+"""Feature-survival taxonomy, per-condition tables and overlaps (QDM paper §3.3-3.6, Apps. B, E).
+
+Everything here is a pure function of per-feature arrays: Pearson r from
+:meth:`~cgc_lens.analysis.streaming_stats.PearsonAccumulator.pearson` and reference firing rates
+from :class:`~cgc_lens.analysis.streaming_stats.ReferenceStats`. Survival statistics are taken
+over *active* features (Eq. 4). An active feature whose r is undefined (NaN: constant reference)
+is classified :attr:`Outcome.UNDEFINED`, counted in ``n_undefined`` and left out of every mean,
+median and percentage, which are over the ``n_active - n_undefined`` classified features.
+The stability checks of §3.8 / App. B (null, token budget, random subsets, thresholds) are at
+the end; they take per-shard accumulators, so no check needs the activations again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import IntEnum
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+from jaxtyping import Bool, Float
+
+from cgc_lens.analysis.streaming_stats import (
+    PearsonAccumulator,
+    ReferenceAccumulator,
+    merge_all,
+)
+from cgc_lens.errors import CgcLensError
+
+__all__ = [
+    "ConditionSummary",
+    "NullCheck",
+    "Outcome",
+    "OverlapResult",
+    "SurvivalThresholds",
+    "active_features",
+    "budget_sensitivity",
+    "classify",
+    "decile_table",
+    "equal_count_bins",
+    "feature_table",
+    "null_check",
+    "overlap",
+    "subset_stability",
+    "summarize_condition",
+    "summary_table",
+    "threshold_grid",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurvivalThresholds:
+    """Thresholds of the activity filter (Eq. 4) and the survival taxonomy (Eq. 5)."""
+
+    active_rate: float = 1e-3
+    """A feature is active when its reference firing rate is strictly above this. The value is
+    lost from our copy of the paper; 1e-3 is our reading (docs/methods_survival.md)."""
+    survived: float = 0.9
+    """Survived: r ≥ this (τ_s, §3.4)."""
+    damaged: float = 0.5
+    """Damaged: r < this (τ_d, §3.4); degraded in between."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.active_rate < 1.0:
+            raise CgcLensError(f"active_rate must be in [0, 1), got {self.active_rate!r}.")
+        if not -1.0 <= self.damaged <= self.survived <= 1.0:
+            raise CgcLensError(
+                "Expected -1 <= damaged <= survived <= 1, got "
+                f"damaged={self.damaged!r}, survived={self.survived!r}."
+            )
+
+
+class Outcome(IntEnum):
+    """Per-feature outcome codes returned by :func:`classify`."""
+
+    SURVIVED = 0
+    DEGRADED = 1
+    DAMAGED = 2
+    UNDEFINED = 3
+    """Active but r is NaN (zero variance, see ``ZeroVariance``): counted apart, never averaged."""
+    INACTIVE = 4
+    """Not active in the reference (Eq. 4): outside every survival statistic."""
+
+
+def _as_r(r: object, name: str = "r") -> np.ndarray:
+    arr = np.asarray(r, dtype=np.float64)
+    if arr.ndim != 1:
+        raise CgcLensError(f"{name} must be 1-D [d_sae], got shape {arr.shape}.")
+    if np.isinf(arr).any() or (np.abs(arr[np.isfinite(arr)]) > 1 + 1e-9).any():
+        raise CgcLensError(f"{name} must hold correlations in [-1, 1] or NaN.")
+    return arr
+
+
+def _as_mask(mask: object, d_sae: int) -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.dtype != bool or arr.shape != (d_sae,):
+        raise CgcLensError(
+            f"active_mask must be a bool array of shape ({d_sae},), got {arr.dtype} {arr.shape}."
+        )
+    return arr
+
+
+def active_features(
+    firing_rate: Float[np.ndarray, " d_sae"], threshold: float = 1e-3
+) -> Bool[np.ndarray, " d_sae"]:
+    """Eq. 4: features whose reference firing rate is strictly above ``threshold``.
+
+    Example:
+        >>> active_features(np.array([0.0, 1e-3, 0.01])).tolist()
+        [False, False, True]
+    """
+    SurvivalThresholds(active_rate=threshold)
+    return np.asarray(firing_rate, dtype=np.float64) > threshold
+
+
+def classify(
+    r: Float[np.ndarray, " d_sae"],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    survived: float = 0.9,
+    damaged: float = 0.5,
+) -> np.ndarray:
+    """Eq. 5: per-feature :class:`Outcome` codes (int8) from r and the active mask.
+
+    Example:
+        >>> r = np.array([0.95, 0.7, 0.2, np.nan, 0.99])
+        >>> [Outcome(c).name for c in classify(r, np.array([True] * 4 + [False]))]
+        ['SURVIVED', 'DEGRADED', 'DAMAGED', 'UNDEFINED', 'INACTIVE']
+    """
+    SurvivalThresholds(survived=survived, damaged=damaged)
+    r = _as_r(r)
+    active = _as_mask(active_mask, r.size)
+    out = np.full(r.size, Outcome.INACTIVE, dtype=np.int8)
+    defined = active & ~np.isnan(r)
+    out[active & np.isnan(r)] = Outcome.UNDEFINED
+    out[defined & (r >= survived)] = Outcome.SURVIVED
+    out[defined & (r < survived) & (r >= damaged)] = Outcome.DEGRADED
+    out[defined & (r < damaged)] = Outcome.DAMAGED
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConditionSummary:
+    """One row of Table 1: a compression condition against the reference. Percentages are over
+    the classified active features (``n_active - n_undefined``)."""
+
+    name: str
+    """Condition label, e.g. ``"RTN INT6"``."""
+    bits: float | None
+    """Weight bit-width (16 for the reference / pruning), ``None`` if not meaningful."""
+    sparsity: float | None
+    """Fraction of weights pruned, ``None`` for none."""
+    ppl: float | None
+    """Perplexity of the condition."""
+    ppl_delta_pct: float | None
+    """Eq. 6: ``100 · (ppl − ppl_ref) / ppl_ref``."""
+    mean_corr: float
+    """Mean r over classified active features."""
+    median_corr: float
+    """Median r over classified active features."""
+    survived_pct: float
+    """Percent with r ≥ τ_s."""
+    degraded_pct: float
+    """Percent with τ_d ≤ r < τ_s."""
+    damaged_pct: float
+    """Percent with r < τ_d."""
+    n_active: int
+    """Active features (Eq. 4), including undefined ones."""
+    tokens: int
+    """Token positions the correlations were computed on."""
+    n_undefined: int = 0
+    """Active features with undefined r, left out of the statistics above."""
+    layer: int | None = None
+    """Read-out layer, for the second-layer check."""
+    n_features: int | None = None
+    """d_sae."""
+
+    def to_dict(self) -> dict[str, object]:
+        """The row as a dict, Table 1 columns first."""
+        return asdict(self)
+
+
+def summarize_condition(
+    name: str,
+    r: Float[np.ndarray, " d_sae"],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    tokens: int,
+    bits: float | None = None,
+    sparsity: float | None = None,
+    ppl: float | None = None,
+    ppl_reference: float | None = None,
+    layer: int | None = None,
+    thresholds: SurvivalThresholds = SurvivalThresholds(),
+) -> ConditionSummary:
+    """One Table 1 row from per-feature r (the survival columns) and perplexities (Eq. 6).
+
+    Example:
+        >>> r = np.array([1.0, 0.95, 0.7, 0.1])
+        >>> active = np.ones(4, bool)
+        >>> row = summarize_condition("int6", r, active, tokens=100, ppl=11, ppl_reference=10)
+        >>> row.survived_pct, row.degraded_pct, row.damaged_pct, round(row.ppl_delta_pct, 6)
+        (50.0, 25.0, 25.0, 10.0)
+    """
+    codes = classify(r, active_mask, survived=thresholds.survived, damaged=thresholds.damaged)
+    n_active = int(np.asarray(active_mask).sum())
+    classified = codes <= Outcome.DAMAGED
+    n = int(classified.sum())
+    if n == 0:
+        raise CgcLensError(
+            f"Condition {name!r}: no active feature with a defined r ({n_active} active, "
+            f"active_rate={thresholds.active_rate}); lower the threshold or use more tokens."
+        )
+    if ppl_reference is not None and not ppl_reference > 0:
+        raise CgcLensError(f"ppl_reference must be > 0, got {ppl_reference!r}.")
+    delta = None if ppl is None or ppl_reference is None else 100 * (ppl / ppl_reference - 1)
+    r_ok = np.asarray(r, dtype=np.float64)[classified]
+    return ConditionSummary(
+        name=name, bits=bits, sparsity=sparsity, ppl=ppl, ppl_delta_pct=delta,
+        mean_corr=float(r_ok.mean()), median_corr=float(np.median(r_ok)),
+        survived_pct=100 * float((codes == Outcome.SURVIVED).sum()) / n,
+        degraded_pct=100 * float((codes == Outcome.DEGRADED).sum()) / n,
+        damaged_pct=100 * float((codes == Outcome.DAMAGED).sum()) / n,
+        n_active=n_active, tokens=int(tokens), n_undefined=n_active - n,
+        layer=layer, n_features=int(codes.size),
+    )  # fmt: skip
+
+
+def summary_table(rows: Sequence[ConditionSummary]) -> pd.DataFrame:
+    """Table 1 as a DataFrame, one row per condition (``None`` becomes NaN)."""
+    if not rows:
+        raise CgcLensError("summary_table needs at least one ConditionSummary, got none.")
+    return pd.DataFrame([row.to_dict() for row in rows]).astype({"bits": float, "sparsity": float})
+
+
+def feature_table(
+    firing_rate: Float[np.ndarray, " d_sae"],
+    r_by_condition: Mapping[str, np.ndarray],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    survived: float = 0.9,
+    damaged: float = 0.5,
+) -> pd.DataFrame:
+    """Per-feature results, one row per feature: ``firing_rate``, ``active``, and for each
+    condition ``r[<name>]`` and ``outcome[<name>]`` (the :class:`Outcome` name).
+
+    Example:
+        >>> t = feature_table(np.array([0.1, 0.0]), {"int6": np.array([0.95, np.nan])},
+        ...                   np.array([True, False]))
+        >>> t["outcome[int6]"].tolist()
+        ['SURVIVED', 'INACTIVE']
+    """
+    rate = np.asarray(firing_rate, dtype=np.float64)
+    table = pd.DataFrame({"firing_rate": rate, "active": _as_mask(active_mask, rate.size)})
+    table.index.name = "feature"
+    names = np.array([o.name for o in Outcome])
+    for name, r in r_by_condition.items():
+        codes = classify(r, active_mask, survived=survived, damaged=damaged)
+        table[f"r[{name}]"] = np.asarray(r, dtype=np.float64)
+        table[f"outcome[{name}]"] = names[codes]
+    return table
+
+
+@dataclass(frozen=True, kw_only=True)
+class OverlapResult:
+    """How similarly two conditions damage features (§3.6, Table 4)."""
+
+    name_a: str
+    """First condition (e.g. RTN INT6)."""
+    name_b: str
+    """Second condition (e.g. matched pruning)."""
+    n_features: int
+    """Active features with r defined under both conditions: the population compared."""
+    nonsurvived_pct_a: float
+    """Percent not survived under A."""
+    nonsurvived_pct_b: float
+    """Percent not survived under B."""
+    n_intersection: int
+    """Features not survived under both."""
+    n_union: int
+    """Features not survived under either."""
+    jaccard: float
+    """``|A ∩ B| / |A ∪ B|`` of the non-survived sets; 1.0 when both are empty (equal sets)."""
+    damage_pearson: float
+    """Pearson correlation of damage scores 1 − r; NaN when either is constant."""
+    damage_spearman: float
+    """Spearman correlation of damage scores 1 − r; NaN when either is constant."""
+
+
+def overlap(
+    r_a: Float[np.ndarray, " d_sae"],
+    r_b: Float[np.ndarray, " d_sae"],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    survived: float = 0.9,
+    names: tuple[str, str] = ("a", "b"),
+) -> OverlapResult:
+    """Jaccard of non-survived sets and damage-score correlations between two conditions.
+
+    Example:
+        >>> r_a, r_b = np.array([0.95, 0.8, 0.3, 0.99]), np.array([0.97, 0.85, 0.6, 0.8])
+        >>> res = overlap(r_a, r_b, np.ones(4, bool))
+        >>> round(res.jaccard, 4), round(res.damage_spearman, 4)
+        (0.6667, 0.4)
+    """
+    if not -1.0 <= survived <= 1.0:
+        raise CgcLensError(f"survived must be in [-1, 1], got {survived!r}.")
+    a, b = _as_r(r_a, "r_a"), _as_r(r_b, "r_b")
+    if a.shape != b.shape:
+        raise CgcLensError(f"r_a and r_b must have the same shape, got {a.shape} and {b.shape}.")
+    keep = _as_mask(active_mask, a.size) & ~np.isnan(a) & ~np.isnan(b)
+    a, b = a[keep], b[keep]
+    if a.size < 2:
+        raise CgcLensError(f"overlap needs >= 2 active features defined in both, got {a.size}.")
+    lost_a, lost_b = a < survived, b < survived
+    inter, union = int((lost_a & lost_b).sum()), int((lost_a | lost_b).sum())
+    damage_a, damage_b = 1 - a, 1 - b
+    constant = np.ptp(damage_a) == 0 or np.ptp(damage_b) == 0
+    pearson = math.nan if constant else float(scipy.stats.pearsonr(damage_a, damage_b)[0])
+    spearman = math.nan if constant else float(scipy.stats.spearmanr(damage_a, damage_b)[0])
+    return OverlapResult(
+        name_a=names[0], name_b=names[1], n_features=int(a.size),
+        nonsurvived_pct_a=100 * float(lost_a.mean()), nonsurvived_pct_b=100 * float(lost_b.mean()),
+        n_intersection=inter, n_union=union, jaccard=inter / union if union else 1.0,
+        damage_pearson=pearson, damage_spearman=spearman,
+    )  # fmt: skip
+
+
+def equal_count_bins(values: Float[np.ndarray, " n"], n_bins: int) -> np.ndarray:
+    """Bin index 0..n_bins-1 per value, by rank, so bins hold equal counts (±1).
+
+    Ties are broken by position (a stable sort), so tied values may straddle a bin edge; that is
+    what keeps the bins equal-sized when many rare features share a firing count.
+
+    Example:
+        >>> equal_count_bins(np.array([5.0, 1.0, 3.0, 2.0]), 2).tolist()
+        [1, 0, 1, 0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not isinstance(n_bins, int) or n_bins < 1 or values.size < n_bins:
+        raise CgcLensError(
+            f"Need 1 <= n_bins <= len(values); got n_bins={n_bins!r}, {values.size} values."
+        )
+    rank = np.empty(values.size, dtype=np.int64)
+    rank[np.argsort(values, kind="stable")] = np.arange(values.size)
+    return rank * n_bins // values.size
+
+
+def decile_table(
+    firing_rate: Float[np.ndarray, " d_sae"],
+    r_by_condition: Mapping[str, np.ndarray],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    survived: float = 0.9,
+    n_bins: int = 10,
+) -> pd.DataFrame:
+    """Non-survival by reference firing-rate decile (App. E), one row per condition × decile.
+
+    Deciles are equal-count bins (:func:`equal_count_bins`) of the active features' firing rates,
+    shared by all conditions; a feature with undefined r under a condition is left out of that
+    condition's counts. Columns: condition, decile (1 = rarest), rate_min, rate_max, n_features,
+    n_nonsurvived, nonsurvived_pct.
+    """
+    rate = np.asarray(firing_rate, dtype=np.float64)
+    active = _as_mask(active_mask, rate.size)
+    bins = equal_count_bins(rate[active], n_bins)
+    rows = []
+    for name, r in r_by_condition.items():
+        r_act = _as_r(r, f"r[{name!r}]")[active] if np.size(r) == rate.size else None
+        if r_act is None:
+            raise CgcLensError(f"r[{name!r}] must have shape ({rate.size},), got {np.shape(r)}.")
+        for k in range(n_bins):
+            in_bin = bins == k
+            ok = in_bin & ~np.isnan(r_act)
+            lost = int((r_act[ok] < survived).sum())
+            n = int(ok.sum())
+            rows.append({
+                "condition": name, "decile": k + 1, "rate_min": float(rate[active][in_bin].min()),
+                "rate_max": float(rate[active][in_bin].max()), "n_features": n,
+                "n_nonsurvived": lost, "nonsurvived_pct": 100 * lost / n if n else math.nan,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def threshold_grid(
+    r: Float[np.ndarray, " d_sae"],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    survived: Sequence[float] = (0.80, 0.85, 0.90, 0.95),
+    damaged: Sequence[float] = (0.30, 0.40, 0.50, 0.60, 0.70),
+) -> pd.DataFrame:
+    """App. B threshold sensitivity: survived / degraded / damaged % for every (τ_s, τ_d) pair.
+
+    Columns: survived_threshold, damaged_threshold, survived_pct, degraded_pct, damaged_pct.
+
+    Example:
+        >>> grid = threshold_grid(np.array([0.95, 0.85, 0.45]), np.ones(3, bool))
+        >>> grid.shape
+        (20, 5)
+    """
+    rows = []
+    for s in survived:
+        for d in damaged:
+            row = summarize_condition(
+                "", r, active_mask, tokens=0,
+                thresholds=SurvivalThresholds(survived=float(s), damaged=float(d)),
+            )  # fmt: skip
+            rows.append({
+                "survived_threshold": float(s), "damaged_threshold": float(d),
+                "survived_pct": row.survived_pct, "degraded_pct": row.degraded_pct,
+                "damaged_pct": row.damaged_pct,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NullCheck:
+    """The reference-against-itself check of §3.8 / App. B (Table 5)."""
+
+    passed: bool
+    """Mean r within ``atol`` of 1, survival 100%, no undefined active feature."""
+    mean_corr: float
+    """Mean r over classified active features."""
+    min_corr: float
+    """Smallest r over classified active features."""
+    survived_pct: float
+    """Percent survived."""
+    n_active: int
+    """Active features."""
+    n_undefined: int
+    """Active features with undefined r (any makes the check fail)."""
+
+
+def null_check(
+    r: Float[np.ndarray, " d_sae"],
+    active_mask: Bool[np.ndarray, " d_sae"],
+    *,
+    atol: float = 1e-6,
+    survived: float = 0.9,
+) -> NullCheck:
+    """Check a null condition (the reference against itself): mean r = 1 to ``atol``, 100% survive.
+
+    Example:
+        >>> null_check(np.ones(5), np.ones(5, bool)).passed
+        True
+    """
+    row = summarize_condition(
+        "null", r, active_mask, tokens=0, thresholds=SurvivalThresholds(survived=survived)
+    )
+    r_ok = np.asarray(r, dtype=np.float64)[np.asarray(active_mask) & ~np.isnan(r)]
+    passed = abs(row.mean_corr - 1) <= atol and row.survived_pct == 100 and row.n_undefined == 0
+    return NullCheck(
+        passed=bool(passed), mean_corr=row.mean_corr, min_corr=float(r_ok.min()),
+        survived_pct=row.survived_pct, n_active=row.n_active, n_undefined=row.n_undefined,
+    )  # fmt: skip
+
+
+def _check_shards(
+    ref_shards: Sequence[ReferenceAccumulator], cond_shards: Sequence[PearsonAccumulator]
+) -> None:
+    if not ref_shards or len(ref_shards) != len(cond_shards):
+        raise CgcLensError(
+            "Expected one ReferenceAccumulator and one PearsonAccumulator per shard; got "
+            f"{len(ref_shards)} and {len(cond_shards)}."
+        )
+    for i, (ref, cond) in enumerate(zip(ref_shards, cond_shards, strict=True)):
+        if ref.n_tokens != cond.n_tokens:
+            raise CgcLensError(
+                f"Shard {i}: the reference saw {ref.n_tokens} tokens but the condition "
+                f"{cond.n_tokens}; shards must cover identical positions."
+            )
+
+
+def _summarize_shards(
+    ref_shards: Sequence[ReferenceAccumulator],
+    cond_shards: Sequence[PearsonAccumulator],
+    thresholds: SurvivalThresholds,
+    flat_other: Literal["damaged", "undefined"],
+) -> ConditionSummary:
+    ref, cond = merge_all(list(ref_shards)), merge_all(list(cond_shards))
+    active = active_features(ref.stats().firing_rate, thresholds.active_rate)
+    r = cond.pearson(flat_other=flat_other)  # type: ignore[attr-defined]
+    return summarize_condition("", r, active, tokens=cond.n_tokens, thresholds=thresholds)
+
+
+def _stability_row(key: str, value: object, row: ConditionSummary) -> dict[str, object]:
+    return {
+        key: value, "tokens": row.tokens, "n_active": row.n_active, "mean_corr": row.mean_corr,
+        "median_corr": row.median_corr, "survived_pct": row.survived_pct,
+        "degraded_pct": row.degraded_pct, "damaged_pct": row.damaged_pct,
+    }  # fmt: skip
+
+
+def budget_sensitivity(
+    ref_shards: Sequence[ReferenceAccumulator],
+    cond_shards: Sequence[PearsonAccumulator],
+    budgets: Sequence[int],
+    *,
+    thresholds: SurvivalThresholds = SurvivalThresholds(),
+    flat_other: Literal["damaged", "undefined"] = "damaged",
+) -> pd.DataFrame:
+    """Token-budget sensitivity (App. B): the audit on the first shards that fit each budget.
+
+    ``ref_shards[i]`` and ``cond_shards[i]`` hold shard i (a batch or a group of batches) in run
+    order. For each budget the longest prefix of shards with at most that many tokens is merged
+    and re-summarised, active set included. Columns: budget, tokens, n_active, mean_corr,
+    median_corr, survived_pct, degraded_pct, damaged_pct.
+    """
+    _check_shards(ref_shards, cond_shards)
+    cumulative = np.cumsum([shard.n_tokens for shard in cond_shards])
+    rows = []
+    for budget in budgets:
+        n_shards = int(np.searchsorted(cumulative, budget, side="right"))
+        if n_shards == 0:
+            raise CgcLensError(
+                f"Budget {budget} is smaller than the first shard ({cumulative[0]} tokens)."
+            )
+        row = _summarize_shards(
+            ref_shards[:n_shards], cond_shards[:n_shards], thresholds, flat_other
+        )
+        rows.append(_stability_row("budget", int(budget), row))
+    return pd.DataFrame(rows)
+
+
+def subset_stability(
+    ref_shards: Sequence[ReferenceAccumulator],
+    cond_shards: Sequence[PearsonAccumulator],
+    n_tokens: int,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    thresholds: SurvivalThresholds = SurvivalThresholds(),
+    flat_other: Literal["damaged", "undefined"] = "damaged",
+) -> pd.DataFrame:
+    """Random-subset stability (App. B): per seed, random shards up to ``n_tokens`` tokens.
+
+    Shards are drawn without replacement in the order of ``numpy.random.default_rng(seed)
+    .permutation`` and kept while the total stays within ``n_tokens``. Columns: seed, tokens,
+    n_active, mean_corr, median_corr, survived_pct, degraded_pct, damaged_pct.
+    """
+    _check_shards(ref_shards, cond_shards)
+    rows = []
+    for seed in seeds:
+        order = np.random.default_rng(seed).permutation(len(cond_shards))
+        sizes = np.cumsum([cond_shards[i].n_tokens for i in order])
+        chosen = order[sizes <= n_tokens]
+        if chosen.size == 0:
+            raise CgcLensError(f"n_tokens={n_tokens} is below the first shard drawn (seed {seed}).")
+        row = _summarize_shards(
+            [ref_shards[i] for i in chosen], [cond_shards[i] for i in chosen],
+            thresholds, flat_other,
+        )  # fmt: skip
+        rows.append(_stability_row("seed", int(seed), row))
+    return pd.DataFrame(rows)

@@ -1,0 +1,197 @@
+"""Figures of the feature-survival audit (QDM paper Figs. 2-3, Apps. A, E, G).
+
+Each function takes results of :mod:`cgc_lens.analysis.survival` / ``fragility`` and returns a
+``go.Figure``; nothing is computed here beyond selecting what is drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from cgc_lens.analysis.fragility import RocCurve
+from cgc_lens.errors import CgcLensError
+
+__all__ = [
+    "plot_dissociation",
+    "plot_feature_scatter",
+    "plot_nonsurvival_deciles",
+    "plot_quartile_survival",
+    "plot_roc_curves",
+    "plot_taxonomy",
+]
+
+_OUTCOME_COLORS = {"survived": "#2ca02c", "degraded": "#ff7f0e", "damaged": "#d62728"}
+
+
+def _require(table: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise CgcLensError(f"{what} needs columns {columns}; missing {missing}.")
+
+
+def plot_taxonomy(summary: pd.DataFrame) -> go.Figure:
+    """Survived / degraded / damaged % stacked per condition (Fig. 2, App. A).
+
+    Args:
+        summary: :func:`~cgc_lens.analysis.survival.summary_table` output.
+
+    Example:
+        >>> table = pd.DataFrame({"name": ["int8", "int6"], "survived_pct": [98.0, 60.0],
+        ...     "degraded_pct": [2.0, 38.0], "damaged_pct": [0.0, 2.0]})
+        >>> [t.name for t in plot_taxonomy(table).data]
+        ['survived', 'degraded', 'damaged']
+    """
+    _require(summary, ["name", "survived_pct", "degraded_pct", "damaged_pct"], "plot_taxonomy")
+    fig = go.Figure()
+    for outcome, color in _OUTCOME_COLORS.items():
+        fig.add_bar(
+            x=summary["name"], y=summary[f"{outcome}_pct"], name=outcome, marker_color=color
+        )
+    fig.update_layout(
+        barmode="stack", xaxis_title="condition", yaxis_title="% of active features",
+        yaxis_range=[0, 100], title="Feature survival by condition",
+    )  # fmt: skip
+    return fig
+
+
+def plot_dissociation(summary: pd.DataFrame) -> go.Figure:
+    """Mean r (left axis) and perplexity change % (right axis) against bit-width (§4.3).
+
+    Rows without ``bits`` or ``ppl_delta_pct`` (e.g. pruning) are left out; points are drawn in
+    order of decreasing bits, so the x axis reads from full precision to coarse.
+
+    Example:
+        >>> table = pd.DataFrame({"bits": [16, 8, 6], "mean_corr": [1.0, 0.98, 0.89],
+        ...     "ppl_delta_pct": [0.0, 1.0, 14.7]})
+        >>> [t.yaxis for t in plot_dissociation(table).data]
+        ['y', 'y2']
+    """
+    _require(summary, ["bits", "mean_corr", "ppl_delta_pct"], "plot_dissociation")
+    rows = summary.dropna(subset=["bits", "ppl_delta_pct"]).sort_values("bits", ascending=False)
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    fig.add_trace(
+        go.Scatter(x=rows["bits"], y=rows["mean_corr"], name="mean r", mode="lines+markers"),
+        secondary_y=False,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=rows["bits"], y=rows["ppl_delta_pct"], name="PPL Δ%", mode="lines+markers",
+            line={"dash": "dash"},
+        ),
+        secondary_y=True,
+    )  # fmt: skip
+    fig.update_xaxes(title_text="bits", autorange="reversed")
+    fig.update_yaxes(title_text="mean feature r", secondary_y=False)
+    fig.update_yaxes(title_text="perplexity change (%)", secondary_y=True)
+    fig.update_layout(title="Feature fidelity and perplexity against bit-width")
+    return fig
+
+
+def plot_feature_scatter(
+    r_a: np.ndarray,
+    r_b: np.ndarray,
+    *,
+    names: tuple[str, str] = ("a", "b"),
+    mask: np.ndarray | None = None,
+    survived: float = 0.9,
+) -> go.Figure:
+    """Per-feature r under two conditions, with y = x and the survival threshold (App. E).
+
+    Args:
+        r_a, r_b: per-feature r of the two conditions (shape ``[d_sae]``).
+        names: axis labels of the two conditions.
+        mask: features to draw (e.g. the active mask); default all with finite r in both.
+        survived: where to draw the survival-threshold lines.
+
+    Example:
+        >>> fig = plot_feature_scatter(np.array([0.9, 0.5]), np.array([0.8, 0.6]))
+        >>> [t.name for t in fig.data]
+        ['features', 'y = x']
+    """
+    r_a, r_b = np.asarray(r_a, dtype=float), np.asarray(r_b, dtype=float)
+    if r_a.shape != r_b.shape or r_a.ndim != 1:
+        raise CgcLensError(f"r_a and r_b must be 1-D of one shape, got {r_a.shape}, {r_b.shape}.")
+    keep = np.isfinite(r_a) & np.isfinite(r_b)
+    if mask is not None:
+        keep &= np.asarray(mask, dtype=bool)
+    ids = np.flatnonzero(keep)
+    lo = float(min(r_a[keep].min(initial=0.0), r_b[keep].min(initial=0.0)))
+    fig = go.Figure()
+    fig.add_trace(
+        go.Scattergl(
+            x=r_a[keep], y=r_b[keep], mode="markers", name="features", customdata=ids,
+            marker={"size": 3, "opacity": 0.5},
+            hovertemplate="feature %{customdata}<br>%{x:.3f}, %{y:.3f}<extra></extra>",
+        )
+    )  # fmt: skip
+    fig.add_trace(
+        go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", name="y = x", line={"color": "gray"})
+    )
+    fig.add_hline(y=survived, line_dash="dot", line_color="gray")
+    fig.add_vline(x=survived, line_dash="dot", line_color="gray")
+    fig.update_layout(
+        xaxis_title=f"r ({names[0]})", yaxis_title=f"r ({names[1]})",
+        title=f"Per-feature r: {names[0]} vs {names[1]}",
+    )  # fmt: skip
+    return fig
+
+
+def plot_nonsurvival_deciles(deciles: pd.DataFrame) -> go.Figure:
+    """Non-survived % per reference firing-rate decile, one bar group per condition (App. E).
+
+    Args:
+        deciles: :func:`~cgc_lens.analysis.survival.decile_table` output.
+    """
+    _require(deciles, ["condition", "decile", "nonsurvived_pct"], "plot_nonsurvival_deciles")
+    fig = go.Figure()
+    for name, rows in deciles.groupby("condition", sort=False):
+        fig.add_bar(x=rows["decile"], y=rows["nonsurvived_pct"], name=str(name))
+    fig.update_layout(
+        barmode="group", xaxis_title="reference firing-rate decile (1 = rarest)",
+        yaxis_title="non-survived (%)", title="Non-survival by firing-rate decile",
+    )  # fmt: skip
+    return fig
+
+
+def plot_roc_curves(roc_curves: Sequence[RocCurve]) -> go.Figure:
+    """Per-fold cross-validated ROC curves of the fragility predictor, with chance (App. G).
+
+    Args:
+        roc_curves: ``FragilityPredictor.roc_curves_``.
+    """
+    if not roc_curves:
+        raise CgcLensError("plot_roc_curves needs at least one ROC curve, got none.")
+    fig = go.Figure()
+    for curve in roc_curves:
+        fig.add_scatter(
+            x=curve.fpr, y=curve.tpr, mode="lines", name=f"fold {curve.fold} (AUC {curve.auc:.3f})"
+        )
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dash"})
+    mean_auc = float(np.mean([c.auc for c in roc_curves]))
+    fig.update_layout(
+        xaxis_title="false-positive rate", yaxis_title="true-positive rate",
+        title=f"Fragility predictor ROC (mean fold AUC {mean_auc:.3f})",
+    )  # fmt: skip
+    return fig
+
+
+def plot_quartile_survival(quartiles: pd.DataFrame) -> go.Figure:
+    """Survival % by predictor quartile, one bar group per predictor (Fig. 3).
+
+    Args:
+        quartiles: :func:`~cgc_lens.analysis.fragility.survival_by_quartile` output.
+    """
+    _require(quartiles, ["predictor", "quartile", "survived_pct"], "plot_quartile_survival")
+    fig = go.Figure()
+    for name, rows in quartiles.groupby("predictor", sort=False):
+        fig.add_bar(x=rows["quartile"], y=rows["survived_pct"], name=str(name))
+    fig.update_layout(
+        barmode="group", xaxis_title="predictor quartile (1 = lowest)",
+        yaxis_title="survived (%)", yaxis_range=[0, 100], title="Survival by predictor quartile",
+    )  # fmt: skip
+    return fig
