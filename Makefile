@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= runs/demo
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/cgc-lens demo --out $(OUT)
 
-test: setup
+# The report test opens HTML in Debian's Chromium (driven by playwright from the test extra;
+# no `playwright install`, which would download a browser).
+browser:
+	@test -x /usr/bin/chromium || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
+test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup

@@ -17,7 +17,14 @@ from cgc_lens.errors import CgcLensError
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["PerplexityResult", "kl_divergence", "perplexity", "perplexity_result", "token_nll"]
+__all__ = [
+    "PerplexityResult",
+    "kl_divergence",
+    "perplexity",
+    "perplexity_result",
+    "token_nll",
+    "unigram_perplexity",
+]
 
 
 def token_nll(
@@ -193,3 +200,27 @@ def perplexity(
     """
     return perplexity_result(model, tokens, batch_size=batch_size, window=window, stride=stride,
                              prepend_bos=prepend_bos, progress=progress).perplexity
+
+
+def unigram_perplexity(
+    train_tokens: Int[Tensor, " n_train"], eval_blocks: Int[Tensor, "batch pos"], *, d_vocab: int
+) -> float:
+    """Perplexity of an add-one-smoothed unigram model fitted on ``train_tokens``.
+
+    Scored on the same positions as chunked :func:`perplexity` (every position of each block
+    after the first), so the two are directly comparable: the embedded model's card states
+    its eval perplexity as a fraction of this baseline.
+
+    Example:
+        >>> train = torch.tensor([0, 0, 0, 1])
+        >>> round(unigram_perplexity(train, torch.tensor([[1, 0, 0]]), d_vocab=2), 4)
+        1.5
+    """
+    if train_tokens.numel() == 0 or eval_blocks.ndim != 2 or eval_blocks.shape[1] < 2:
+        raise CgcLensError(
+            f"Expected non-empty train tokens and eval blocks [batch, pos ≥ 2], got "
+            f"{tuple(train_tokens.shape)} and {tuple(eval_blocks.shape)}."
+        )
+    counts = torch.bincount(train_tokens.flatten(), minlength=d_vocab).double() + 1.0
+    logp = torch.log(counts / counts.sum())
+    return math.exp(-float(logp[eval_blocks[:, 1:].flatten()].mean()))
