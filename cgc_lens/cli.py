@@ -3,18 +3,21 @@
 Commands:
     info       versions, device, embedded assets with sizes and checksums
     ppl        perplexity of a model on a corpus (chunked, or sliding window)
-    demo       the main job on cgc-tiny: every study that exists, results under --out
+    survival   feature-survival audit of a frozen SAE under compression
+    cgc        capability-guided compression: density, Wanda, ablation, allocations
+    adaptive   AdaptiveCompress residual compressor beside a TopK SAE
+    demo       the main job on cgc-tiny: the survival audit and the capability study
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 
 __all__ = ["main"]
@@ -29,19 +32,6 @@ def _command(name: str, help_text: str):
         return pair
 
     return register
-
-
-def versions() -> dict[str, str]:
-    """Versions of cgc-lens and the libraries whose numerics it depends on."""
-    out = {}
-    for dist in ("cgc-lens", "torch", "transformer-lens", "sae-lens", "transformers", "numpy",
-                 "scipy", "scikit-learn"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    out["python"] = sys.version.split()[0]
-    return out
 
 
 def asset_table() -> list[dict[str, object]]:
@@ -61,6 +51,8 @@ def _info_args(parser: argparse.ArgumentParser) -> None:
 
 def _info(args: argparse.Namespace) -> int:
     import torch
+
+    from cgc_lens.results import versions
 
     info = {
         "versions": versions(),
@@ -83,6 +75,87 @@ def _info(args: argparse.Namespace) -> int:
 
 
 _command("info", "versions, device, embedded assets with sizes and checksums")((_info_args, _info))
+
+
+def _ppl_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="cgc-tiny", help="model name or path")
+    parser.add_argument("--corpus", default="cgc-tiny", help="corpus name or path")
+    parser.add_argument("--split", default="eval", help="corpus split (default: eval)")
+    parser.add_argument("--block-len", type=int, default=None,
+                        help="tokens per block (default: the model's n_ctx, at most 512)")
+    parser.add_argument("--n-blocks", type=int, default=None, help="blocks to sample (default all)")
+    parser.add_argument("--window", type=int, default=None, help="sliding-window width")
+    parser.add_argument("--stride", type=int, default=None, help="sliding-window stride")
+    parser.add_argument("--batch-size", type=int, default=8, help="blocks per forward pass")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the block sampling")
+    parser.add_argument("--device", default=None, help="cpu, cuda … (default: best available)")
+
+
+def _ppl(args: argparse.Namespace) -> int:
+    from cgc_lens.data import token_blocks
+    from cgc_lens.metrics import perplexity_result
+    from cgc_lens.models import load_model
+
+    model = load_model(args.model, device=args.device)
+    block_len = args.block_len or min(model.cfg.n_ctx, 512)
+    blocks = token_blocks(args.corpus, model, block_len=block_len, n_blocks=args.n_blocks,
+                          seed=args.seed, split=args.split)
+    result = perplexity_result(model, blocks, batch_size=args.batch_size, window=args.window,
+                               stride=args.stride)
+    print(json.dumps({"model": args.model, "corpus": args.corpus, "split": args.split,
+                      "protocol": result.protocol, "window": args.window, "stride": args.stride,
+                      "tokens": result.n_tokens, "mean_nll": result.mean_nll,
+                      "perplexity": result.perplexity}, indent=2))
+    return 0
+
+
+_command("ppl", "perplexity of a model on a corpus (chunked or sliding window)")((_ppl_args, _ppl))
+
+_STUDIES = {
+    "survival": ("cgc_lens.experiments.survival",
+                 "feature-survival audit of a frozen SAE under compression"),
+    "cgc": ("cgc_lens.experiments.capability",
+            "capability-guided compression: density, Wanda, ablation, allocations"),
+    "adaptive": ("cgc_lens.experiments.adaptive",
+                 "AdaptiveCompress residual compressor beside a TopK SAE"),
+}
+
+
+def _study(module_name: str) -> tuple[Callable[..., None], Callable[..., int]]:
+    def add_args(parser: argparse.ArgumentParser) -> None:
+        importlib.import_module(module_name).cli_arguments(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module_name).cli_main(args))
+
+    return add_args, run
+
+
+for _name, (_module, _help) in _STUDIES.items():
+    _command(_name, _help)(_study(_module))
+
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """The main job on cgc-tiny: both studies with their defaults, one folder each."""
+    for name in ("survival", "cgc"):
+        add_args, run = _study(_STUDIES[name][0])
+        parser = argparse.ArgumentParser(prog=f"cgc-lens {name}")
+        add_args(parser)
+        print(f"\n=== cgc-lens {name} --out {args.out / name} ===", flush=True)
+        status = run(parser.parse_args(["--out", str(args.out / name)]))
+        if status:
+            return status
+    print(f"\nResults: {args.out}/survival/report.html and {args.out}/cgc/report.html")
+    return 0
+
+
+_command("demo", "the main job on cgc-tiny: survival audit and capability study")(
+    (_demo_args, _demo)
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

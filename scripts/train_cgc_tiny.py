@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -119,6 +119,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--out", type=Path, default=ASSETS)
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="continue from the model.safetensors and tokenizer.json in this folder "
+                        "(a second stage; the recipe is recorded in train_log.json)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -128,13 +131,22 @@ def main() -> None:
     train_texts = [r["text"] for r in records if r["split"] == "train"]
     order = np.random.default_rng(args.seed).permutation(len(train_texts))
     train_texts = [train_texts[i] for i in order]
-    tok = train_tokenizer(train_texts, MODEL_CFG["d_vocab"])
+    if args.init_from is not None:
+        tok = Tokenizer.from_file(str(args.init_from / "tokenizer.json"))
+    else:
+        tok = train_tokenizer(train_texts, MODEL_CFG["d_vocab"])
     assert tok.token_to_id(EOS) == 0 and tok.get_vocab_size() == MODEL_CFG["d_vocab"]
     stream = torch.from_numpy(token_stream(tok, train_texts))
     print(f"tokenizer + stream: {len(stream):,} train tokens in {time.time() - t0:.0f}s")
 
     cfg = HookedTransformerConfig(**MODEL_CFG, seed=args.seed, device=args.device)
     model = HookedTransformer(cfg)
+    previous_log: list[dict[str, object]] = []
+    if args.init_from is not None:
+        model.load_state_dict(load_file(str(args.init_from / "model.safetensors")), strict=False)
+        previous = json.loads((args.init_from / "train_log.json").read_text())
+        previous_log = [*previous.get("previous_stages", []),
+                        {"args": previous["args"], "final": previous["log"][-1]}]
     n_ctx, d_vocab = cfg.n_ctx, cfg.d_vocab
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "W_pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "W_pos" in n]
@@ -178,6 +190,7 @@ def main() -> None:
              if not k.endswith((".IGNORE", ".mask"))}
     save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt"})
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "train_tokens": len(stream),
+               "previous_stages": previous_log,
                "total_seconds": time.time() - t0, "torch": torch.__version__, "log": log}
     (args.out / "train_log.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(f"saved to {args.out} in {(time.time() - t0) / 60:.1f} min")
