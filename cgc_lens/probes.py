@@ -124,7 +124,9 @@ class TaskProbe:
             enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
             ids, offsets = enc["input_ids"][:n_ctx], enc["offset_mapping"][:n_ctx]
             spans = [m.span(1) for m in _ANSWER_PATTERNS[self.task].finditer(text)]
-            mask = [any(s <= a < e for s, e in spans) for a, _ in offsets]
+            # a token scores an answer when it overlaps it: byte-level BPE tokens carry the
+            # space before a word (" 85", " )"), so their start lies before the answer's
+            mask = [any(a < e and b > s for s, e in spans) for a, b in offsets]
             rows.append(ids + [pad] * (n_ctx - len(ids)))
             masks.append(mask + [False] * (n_ctx - len(mask)))
         mask = torch.tensor(masks)
