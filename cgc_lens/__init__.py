@@ -2,6 +2,19 @@
 
 from cgc_lens.allocate import Allocation, cgc_f, cgc_l, inverted, uniform
 from cgc_lens.analysis import capability_density
+from cgc_lens.compress import (
+    RTN,
+    HeadPrune,
+    LowRank,
+    MagnitudePrune,
+    Plan,
+    Targets,
+    WandaPrune,
+    collect_input_norms,
+    compress_permanently_,
+    compressed,
+    match_level,
+)
 from cgc_lens.data import Corpus, TokenBlocks, load_corpus, sliding_windows, token_blocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.metrics import kl_divergence, perplexity, perplexity_result, token_nll
@@ -13,16 +26,26 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MLP",
+    "RTN",
     "Allocation",
     "CgcLensError",
     "Corpus",
     "Head",
+    "HeadPrune",
+    "LowRank",
+    "MagnitudePrune",
+    "Plan",
     "Site",
+    "Targets",
     "TokenBlocks",
+    "WandaPrune",
     "__version__",
     "capability_density",
     "cgc_f",
     "cgc_l",
+    "collect_input_norms",
+    "compress_permanently_",
+    "compressed",
     "embedded_asset_dir",
     "hook_name",
     "inverted",
@@ -30,6 +53,7 @@ __all__ = [
     "load_corpus",
     "load_model",
     "load_tokenizer",
+    "match_level",
     "perplexity",
     "perplexity_result",
     "run_probes",
