@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from cgc_lens.compress.operators import EditStats, Operator
+from cgc_lens.compress.operators import _BATCH_MAX_NUMEL, RTN, EditStats, Operator
 from cgc_lens.compress.plan import Plan, Step, as_plan
+from cgc_lens.compress.quantize import rtn_quantize_stacked
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
@@ -130,14 +131,22 @@ class _Snapshot:
     """
 
     def __init__(self, params: Sequence[nn.Parameter], *, offload_to_cpu: bool,
-                 restore: Restore = "copy") -> None:
+                 restore: Restore = "copy",
+                 out_axes: Sequence[tuple[int, ...]] | None = None) -> None:
         groups: dict[tuple, list[nn.Parameter]] = {}
-        for p in params:
-            groups.setdefault((p.shape, p.dtype, p.device), []).append(p)
+        if out_axes is None:
+            for p in params:
+                groups.setdefault((p.shape, p.dtype, p.device), []).append(p)
+        else:  # grouped per output-axis layout too, so that each stack can be quantized whole
+            for p, axes in zip(params, out_axes, strict=True):
+                groups.setdefault((p.shape, p.dtype, p.device, axes), []).append(p)
         self._dst: list[Tensor] = []
         self._src: list[Tensor] = []
         self._swapped: list[tuple[nn.Parameter, Tensor]] = []
-        for (shape, dtype, device), group in groups.items():
+        self._stacks: list[tuple[Tensor, tuple[int, ...] | None]] = []
+        self._swap = restore == "swap"
+        for key, group in groups.items():
+            shape, dtype, device = key[:3]
             tensors = [p.detach() for p in group]
             if offload_to_cpu:
                 buf = torch.empty((len(group), *shape), dtype=dtype, device="cpu",
@@ -145,13 +154,28 @@ class _Snapshot:
                 _copy_all_(list(buf.unbind(0)), tensors)
             else:
                 buf = torch.stack(tensors)
-            if restore == "swap":
+            self._stacks.append((buf, key[3] if out_axes is not None else None))
+            if self._swap:
                 for p, fresh in zip(group, buf.unbind(0), strict=True):
                     self._swapped.append((p, p.data))
                     p.data = fresh
             else:
                 self._dst.extend(tensors)
                 self._src.extend(buf.unbind(0))
+
+    def rtn_(self, op: RTN) -> None:
+        """Quantize every touched tensor from the stacked copies (built with ``out_axes``).
+
+        ``"swap"``: the stacks are the parameters' storage, quantized in place. ``"copy"``: the
+        stacks are the originals; the scales come from them and the parameters, which still
+        hold the same values, are quantized in place (no second stack, no copy back).
+        """
+        stacks = [buf for buf, _ in self._stacks]
+        axes = [a for _, a in self._stacks]
+        with torch.no_grad():
+            rtn_quantize_stacked(stacks, op.bits, out_axes=axes,  # type: ignore[arg-type]
+                                 convention=op.convention, inplace=self._swap,
+                                 targets=None if self._swap else self._dst)
 
     def restore(self) -> None:
         with torch.no_grad():
@@ -180,6 +204,24 @@ def _touched(resolved: _Resolved) -> list[nn.Parameter]:
             for p in params:
                 seen.setdefault(id(p), p)
     return list(seen.values())
+
+
+def _fusable_rtn(resolved: _Resolved, offload_to_cpu: bool) -> bool:
+    """Whether the plan is one per-channel RTN step over small, whole, distinct tensors.
+
+    Such a plan is applied from the snapshot's own stacks (:meth:`_Snapshot.rtn_`): on a small
+    model per-op dispatch dominates, and this skips a second stack and a dozen ops per shape.
+    """
+    if offload_to_cpu or len(resolved) != 1:
+        return False
+    op, refs, params = resolved[0]
+    return (
+        isinstance(op, RTN) and not op.is_identity and op.group_size is None
+        and all(r.heads is None for r in refs)
+        and all(p.dtype in (torch.float32, torch.float64) and p.numel() <= _BATCH_MAX_NUMEL
+                for p in params)
+        and len({id(p) for p in params}) == len(params)
+    )
 
 
 def _apply(resolved: _Resolved, record: CompressionRecord) -> None:
@@ -226,13 +268,22 @@ class _Block:
         resolved = _resolve(self.model, self.plan)  # raises before anything is edited
         params = _touched(resolved)
         self.record = CompressionRecord(self.plan)
-        self.record.n_parameters = sum(p.numel() for p in params)
-        self._snapshot = _Snapshot(params, offload_to_cpu=self.offload_to_cpu,
-                                   restore=self.restore)
+        numels = [p.numel() for p in params]
+        self.record.n_parameters = sum(numels)
+        fused = _fusable_rtn(resolved, self.offload_to_cpu)
+        self._snapshot = _Snapshot(
+            params, offload_to_cpu=self.offload_to_cpu, restore=self.restore,
+            out_axes=[r.out_axes for r in resolved[0][1]] if fused else None,
+        )
         _ACTIVE.setdefault(self.model, []).append(self)
         self._state = "open"
         try:
-            _apply(resolved, self.record)
+            if fused:
+                op, refs, _ = resolved[0]
+                self._snapshot.rtn_(op)  # type: ignore[arg-type]
+                self.record._add(0, op, refs, numels, [EditStats(bits=op.bits)] * len(refs))
+            else:
+                _apply(resolved, self.record)
         except BaseException:
             self._close()
             raise

@@ -229,3 +229,73 @@ def rtn_quantize_many_(
     dims = tuple(a + 1 for a in in_axes(stacked.ndim - 1, out_axes))
     _apply_(stacked, *_params(stacked, bits, dims, convention))
     torch._foreach_copy_(list(weights), list(stacked.unbind(0)))
+
+
+def _amax_keepdim(x: Tensor, dims: tuple[int, ...], fn: str = "amax") -> Tensor:
+    """``x.amax(dims, keepdim=True)`` (or ``fn``, e.g. ``"amin"``), over one merged axis when
+    ``dims`` are adjacent.
+
+    A single-axis reduction of a contiguous view is several times faster on CPU than the same
+    reduction over two axes (``W_O`` reduces over ``(n_heads, d_head)``).
+    """
+    if len(dims) > 1 and x.is_contiguous() and dims == tuple(range(dims[0], dims[-1] + 1)):
+        shape = x.shape
+        merged = x.view(*shape[: dims[0]], -1, *shape[dims[-1] + 1 :])
+        keep = [*shape[: dims[0]], *([1] * len(dims)), *shape[dims[-1] + 1 :]]
+        return getattr(merged, fn)(dim=dims[0], keepdim=True).view(keep)
+    return getattr(x, fn)(dim=dims, keepdim=True)
+
+
+def rtn_quantize_stacked(
+    stacks: Sequence[Tensor], bits: int, *, out_axes: Sequence[Sequence[int]],
+    convention: Convention = "symmetric", inplace: bool = False,
+    targets: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """RTN of several stacked float32/float64 batches (axis 0 stacks same-shaped weights).
+
+    ``out_axes[i]`` are the output axes of one weight of ``stacks[i]`` (without the stack
+    axis). The cheap per-channel steps run as one ``torch._foreach_*`` call over all stacks,
+    so a model of many small weights pays a handful of dispatches, not a dozen per tensor.
+    Returns the quantized stacks: ``stacks`` themselves when ``inplace``, else new tensors.
+    With ``targets`` (the unstacked tensors, in stack order, holding the same values) the
+    result is written into them instead, in place, and ``targets`` is returned.
+    Arithmetic is :func:`rtn_quantize_`'s (bit-exact with ``fake_quantize_per_channel_affine``).
+    """
+    if bits == 16 or not stacks:
+        return list(stacks) if inplace else [s.clone() for s in stacks]
+    stacks = list(stacks)
+    if (convention != "symmetric" or len({s.dtype for s in stacks}) != 1
+            or any(s.numel() > _CHUNK * 8 for s in stacks)):
+        out = stacks if inplace and targets is None else [s.clone() for s in stacks]
+        for x, axes in zip(out, out_axes, strict=True):
+            dims = tuple(a + 1 for a in in_axes(x.ndim - 1, axes))
+            _apply_(x, *_params(x, bits, dims, convention))
+        if targets is not None:
+            torch._foreach_copy_(list(targets), [t for x in out for t in x.unbind(0)])
+            return list(targets)
+        return out
+    qmax = 2 ** (bits - 1) - 1
+    dims = [tuple(d + 1 for d in in_axes(a.ndim - 1, axes))
+            for a, axes in zip(stacks, out_axes, strict=True)]
+    # max|w| = max(max w, -min w): two reads, no |w| temporary (fresh pages cost more)
+    amax = [_amax_keepdim(a, d) for a, d in zip(stacks, dims, strict=True)]
+    neg_min = [_amax_keepdim(a, d, "amin") for a, d in zip(stacks, dims, strict=True)]
+    torch._foreach_neg_(neg_min)
+    torch._foreach_maximum_(amax, neg_min)
+    torch._foreach_div_(amax, qmax)
+    scale = torch._foreach_clamp_min(amax, torch.finfo(stacks[0].dtype).tiny)
+    inv = torch._foreach_reciprocal(scale)
+    if targets is not None:  # per-tensor views of the per-stack scales; edit targets in place
+        out = list(targets)
+        inv = [t for i in inv for t in i.unbind(0)]
+        scale = [t for s in scale for t in s.unbind(0)]
+        torch._foreach_mul_(out, inv)
+    elif inplace:
+        torch._foreach_mul_(stacks, inv)
+        out = stacks
+    else:
+        out = torch._foreach_mul(stacks, inv)
+    torch._foreach_round_(out)
+    torch._foreach_mul_(out, scale)
+    return out
+
