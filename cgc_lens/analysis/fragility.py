@@ -262,7 +262,9 @@ class FragilityPredictor(ClassifierMixin, BaseEstimator):
         return table.reindex(table["coef"].abs().sort_values(ascending=False).index)
 
 
-def survival_by_quartile(X: pd.DataFrame | np.ndarray, y: np.ndarray, *, n_bins: int = 4) -> pd.DataFrame:
+def survival_by_quartile(
+    X: pd.DataFrame | np.ndarray, y: np.ndarray, *, n_bins: int = 4
+) -> pd.DataFrame:
     """Survival % per equal-count bin of each predictor (Fig. 3), one row per predictor × bin.
 
     Columns: predictor, quartile (1 = lowest values), value_min, value_max, n_features,

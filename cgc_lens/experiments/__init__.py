@@ -1,3 +1,17 @@
 """End-to-end studies: a frozen config in, a result object out (DataFrames, saved folders)."""
 
-__all__: list[str] = []
+from cgc_lens.experiments.adaptive import AdaptiveResult, AdaptiveStudyConfig, run_adaptive
+from cgc_lens.experiments.capability import CapabilityConfig, CapabilityResult, run_capability
+from cgc_lens.experiments.survival import SurvivalConfig, SurvivalResult, run_survival
+
+__all__ = [
+    "AdaptiveResult",
+    "AdaptiveStudyConfig",
+    "CapabilityConfig",
+    "CapabilityResult",
+    "SurvivalConfig",
+    "SurvivalResult",
+    "run_adaptive",
+    "run_capability",
+    "run_survival",
+]

@@ -1,0 +1,261 @@
+"""The capability-density study end to end (Gupta 2026, §3-§5), plus a direct test of Theorem 1.
+
+``run_capability(CapabilityConfig())`` on cgc-tiny, or ``cgc-lens cgc --out DIR``:
+
+1. per-head SAE features on categorised calibration tokens → capability density (Defs 1-4);
+2. Wanda and magnitude per head from the same pass; Spearman ρ(density, Wanda) (§5.3, Fig. 3);
+3. per-head ablation ΔPPL / ΔKL on held-out tokens; Pearson and Spearman vs density (Fig. 2);
+4. Uniform, CGC-L, Inverted and CGC-F allocations applied as per-head magnitude pruning of
+   ``W_O`` slices; PPL, ΔPPL, KL and capability probes per allocation (Table 1, Fig. 4);
+5. Theorem 1: per head and pruning level, the fraction of its active SAE features that do not
+   survive (r < 0.9), its Spearman against density, and each head's phase-transition point.
+
+The readings this module adds are in docs/methods_capability.md ("The study"); the user guide
+is docs/capability.md. The result type lives in :mod:`.capability_result`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from cgc_lens.allocate import EvoConfig
+from cgc_lens.analysis.density import DensityConfig
+from cgc_lens.configargs import add_config_arguments, config_from_arguments
+from cgc_lens.errors import CgcLensError
+from cgc_lens.experiments.capability_result import CapabilityResult
+from cgc_lens.experiments.capability_run import run_study
+
+__all__ = ["CapabilityConfig", "CapabilityResult", "cli_arguments", "cli_main", "run_capability"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""Shipped study configs (``cgc_gpt2_medium.json``: the paper's GPT-2 Medium run)."""
+
+
+def _tiny_evo() -> EvoConfig:
+    return EvoConfig(generations=20, offspring=8, survivors_per_stage=(2, 1),
+                     tokens_per_stage=(1024, 4096))
+
+
+@dataclass(frozen=True, kw_only=True)
+class CapabilityConfig:
+    """Everything the capability study needs; saved with every result."""
+
+    model: str = "cgc-tiny"
+    """Model name or path (``load_model``; unprocessed weights, as Wanda needs)."""
+    device: str | None = None
+    """Device of the model and SAEs; None: TransformerLens's default (CUDA when present)."""
+    corpus: str | None = None
+    """Corpus name or path; None: the embedded corpus for cgc-tiny, else wikitext-103-raw-v1."""
+    calibration_split: str = "calibration"
+    """Split the calibration tokens come from (the paper: WikiText-103's train split)."""
+    eval_split: str = "eval"
+    """Split of the held-out tokens (PPL, ablation, probes' reference KL)."""
+    max_documents: int | None = None
+    """Read at most this many documents per split (keeps large corpora quick to tokenise)."""
+    categories: tuple[str, ...] | None = None
+    """Calibration categories to keep (None: all the corpus has)."""
+    consistency_categories: Literal["auto", "corpus", "block"] = "auto"
+    """Categories of Def 3's pairs: the corpus's, every block its own (a corpus without
+    categories, such as WikiText), or ``auto`` (the corpus's when it has >= 2, else blocks)."""
+    block_len: int | None = None
+    """Tokens per block; None: min(512, n_ctx)."""
+    calibration_tokens: int = 16384
+    """Calibration tokens (rounded down to whole blocks); the paper: 128 × 512."""
+    eval_tokens: int = 8192
+    """Held-out tokens (whole blocks); the paper: 32 × 512."""
+    batch_size: int = 8
+    """Blocks per forward pass."""
+    saes: str = "auto"
+    """Per-head SAEs: ``auto`` (cgc-tiny's embedded set for cgc-tiny, else ``train``), ``train``
+    (fresh TopK SAEs on the calibration tokens), or a batched-SAE folder or embedded release."""
+    d_sae: int | None = None
+    """Dictionary size of trained SAEs; None: 8 × d_head (the paper: 512 for d_head 64)."""
+    k: int = 25
+    """Active features per token of trained SAEs (the paper: 25)."""
+    sae_epochs: int = 5
+    """Training epochs over the calibration tokens (the paper: 5)."""
+    sae_lr: float = 2e-4
+    """Adam learning rate (the paper: 2e-4)."""
+    sae_batch_size: int = 128
+    """Tokens per SAE optimizer step (not in the paper)."""
+    sae_max_steps: int | None = None
+    """Stop SAE training after this many steps (tests); None: every epoch."""
+    density: DensityConfig = field(default_factory=DensityConfig)
+    """Readings of Defs 1-4 (τ_min, α, γ, pairs); its seed is offset by ``seed``."""
+    sample_per_category: int | None = None
+    """Tokens kept per category for Ψ's pairs; None: 256, or 4096 / n_blocks (min 16) when
+    every block is its own category."""
+    ablation_mode: Literal["zero", "mean"] = "zero"
+    """Per-head ablation: zero (the paper) or the head's calibration mean."""
+    heads_per_pass: int | None = None
+    """Ablations stacked into one forward; None: all heads of a layer on CUDA, 1 on CPU."""
+    retention: float = 0.5
+    """Global retention ρ of the W_O slices (the paper: 0.5)."""
+    rho_min: float = 0.0
+    """Def 5: retention ceiling of a density-0 head."""
+    rho_max: float = 1.0
+    """Def 5: retention ceiling of a density-1 head."""
+    ceiling_gamma: float = 2.0
+    """Def 5: concave transfer δ^(1/γ) of the ceilings."""
+    floor: float = 0.0
+    """Lowest retention any head may get."""
+    cgc_f: bool = True
+    """Run the CGC-F search (otherwise the cgc_f row is left out)."""
+    evo: EvoConfig = field(default_factory=_tiny_evo)
+    """CGC-F search settings; its seed is offset by ``seed``."""
+    probes: tuple[str, ...] = ("induction", "arithmetic", "recall", "brackets", "copy_text")
+    """Capability probes run on every allocation (cgc_lens.probes registry; extensible)."""
+    survival_retentions: tuple[float, ...] = (0.9, 0.75, 0.5, 0.25, 0.1)
+    """Theorem 1: W_O retention levels each head is pruned to, one head at a time."""
+    survival_tokens: int | None = 8192
+    """Calibration tokens the Theorem 1 feature test reads (None: all)."""
+    survival_pruning: Literal["magnitude", "random"] = "magnitude"
+    """Theorem 1 pruning: magnitude (as the allocations) or uniformly at random (as the theorem)."""
+    survival_dppl: bool = True
+    """Also measure ΔPPL of each head at each level on held-out tokens (for its PTP)."""
+    survived: float = 0.9
+    """A feature survives when r >= this."""
+    active_rate: float = 1e-3
+    """A feature is active when its firing rate on the survival tokens is above this."""
+    ptp_method: Literal["kneedle", "curvature"] = "kneedle"
+    """Phase-transition estimator."""
+    seed: int = 0
+    """Seeds the block draws and SAE training, and offsets the density and CGC-F seeds."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        def bad(name: str, expected: str) -> CgcLensError:
+            return CgcLensError(f"CapabilityConfig.{name}: expected {expected}, got "
+                                f"{getattr(self, name)!r}.")
+
+        for name in ("calibration_tokens", "eval_tokens", "batch_size", "k", "sae_epochs",
+                     "sae_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "a positive int")
+        for name in ("block_len", "d_sae", "sae_max_steps", "sample_per_category",
+                     "heads_per_pass", "survival_tokens", "max_documents"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise bad(name, "None or a positive int")
+        if not 0 < self.retention <= 1:
+            raise bad("retention", "a global retention in (0, 1]")
+        if not self.sae_lr > 0:
+            raise bad("sae_lr", "a positive learning rate")
+        levels = self.survival_retentions
+        if len(levels) < 2 or len(set(levels)) != len(levels) or not all(
+                0 <= r < 1 for r in levels):
+            raise bad("survival_retentions", ">= 2 distinct levels in [0, 1)")
+        if not 0 <= self.floor <= 1 or not 0 <= self.rho_min <= self.rho_max <= 1:
+            raise bad("floor", "floor in [0, 1] and 0 <= rho_min <= rho_max <= 1")
+        choices = {"consistency_categories": ("auto", "corpus", "block"),
+                   "ablation_mode": ("zero", "mean"), "survival_pruning": ("magnitude", "random"),
+                   "ptp_method": ("kneedle", "curvature")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise bad(name, f"one of {valid}")
+        if not isinstance(self.density, DensityConfig) or not isinstance(self.evo, EvoConfig):
+            raise CgcLensError("CapabilityConfig.density / .evo must be DensityConfig / EvoConfig.")
+        object.__setattr__(self, "probes", tuple(self.probes))
+        object.__setattr__(self, "survival_retentions", tuple(float(r) for r in levels))
+        if self.categories is not None:
+            object.__setattr__(self, "categories", tuple(self.categories))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (nested configs as dicts)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CapabilityConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise (with the valid ones)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names - {"_comment"})
+        if unknown:
+            raise CgcLensError(
+                f"Unknown CapabilityConfig fields {unknown}; valid: {sorted(names)}.")
+        values = {k: v for k, v in data.items() if k in names}
+        tuples = {"density": ("alpha",), "evo": ("survivors_per_stage", "tokens_per_stage")}
+        for key, klass in (("density", DensityConfig), ("evo", EvoConfig)):
+            if isinstance(values.get(key), dict):
+                sub = dict(values[key])
+                for t in tuples[key]:
+                    if t in sub:
+                        sub[t] = tuple(sub[t])
+                values[key] = klass(**sub)
+        for key in ("probes", "survival_retentions", "categories"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> CapabilityConfig:
+        """Load a config file (e.g. ``cgc_lens/configs/cgc_gpt2_medium.json``).
+
+        Example:
+            >>> CapabilityConfig.from_json(CONFIG_DIR / "cgc_gpt2_medium.json").model
+            'gpt2-medium'
+        """
+        path = Path(path)
+        if not path.is_file():
+            shipped = sorted(p.name for p in CONFIG_DIR.glob("*.json"))
+            raise CgcLensError(
+                f"No config file {path}; shipped configs in {CONFIG_DIR}: {shipped}.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise CgcLensError(f"{path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+
+def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> CapabilityResult:
+    """Run the study. ``inputs`` may supply ready objects instead of loading them (tests,
+    notebooks): ``model`` (HookedTransformer), ``calibration`` / ``evaluation`` (TokenBlocks),
+    ``sae`` (BatchedTopKSAE over every head).
+
+    The model is edited only inside ``compressed(...)`` blocks and is restored bit-exactly.
+    """
+    config = config or CapabilityConfig()
+    unknown = set(inputs) - {"model", "calibration", "evaluation", "sae"}
+    if unknown:
+        raise CgcLensError(f"Unknown inputs {sorted(unknown)}; valid: calibration, evaluation, "
+                           "model, sae.")
+    t0 = time.perf_counter()
+    result = run_study(config, **inputs)
+    logger.info("capability study done in %.1f s", time.perf_counter() - t0)
+    return result
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cgc-lens cgc``: every CapabilityConfig field, ``--config``, ``--out``."""
+    parser.add_argument("--out", type=Path, required=True, help="results folder to write")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="JSON CapabilityConfig (e.g. cgc_lens/configs/cgc_gpt2_medium.json);"
+                             " options given on the command line override it")
+    parser.add_argument("--tokens", dest="calibration_tokens", type=int,
+                        default=argparse.SUPPRESS, help="alias of --calibration-tokens")
+    add_config_arguments(parser, CapabilityConfig, skip=("density", "evo"))
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """``cgc-lens cgc``: run the study, write ``--out``, log Table 1."""
+    base = CapabilityConfig.from_json(args.config) if args.config else CapabilityConfig()
+    given = set(vars(args))
+    keep = {f.name: getattr(base, f.name) for f in dataclasses.fields(CapabilityConfig)
+            if f.name not in given}
+    config = config_from_arguments(CapabilityConfig, args, **keep)
+    result = run_capability(config)
+    out = result.save(args.out)
+    logger.info("Table 1 (%s, retention %g):\n%s", config.model, config.retention,
+                result.table().to_string(float_format=lambda v: f"{v:.4g}"))
+    logger.info("results written to %s", out)
+    return 0

@@ -1,0 +1,300 @@
+"""The forward passes of the capability study: what it reads from the model and how it scores it.
+
+- :func:`calibration_pass`: one streamed pass over the calibration tokens reading ``hook_z`` of
+  every layer, feeding per-head SAE features to the density accumulator, the sums of ``z²``
+  (Wanda's ‖z_j‖₂) and of ``z`` (mean-ablation values), and, for the Theorem 1 test, the Pearson
+  sums between each head's features on its dense ``z`` and on its *effective* ``z`` after
+  pruning its ``W_O`` slice (:func:`effective_z_maps`).
+- :class:`KLFitness`: CGC-F's fitness, KL(dense ‖ compressed) on calibration tokens, with the
+  dense log-probabilities cached once.
+- :func:`evaluate_allocations`: perplexity, KL and probes of each allocation on held-out tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from einops import einsum, rearrange
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from cgc_lens.ablation import _logp, _losses
+from cgc_lens.analysis.density import FeatureAccumulator
+from cgc_lens.analysis.streaming_stats import PearsonAccumulator
+from cgc_lens.analysis.survival import Outcome, classify
+from cgc_lens.compress import HeadPrune, compressed, head_prune_
+from cgc_lens.errors import CgcLensError
+from cgc_lens.probes import run_probes
+from cgc_lens.saes.per_head import BatchedTopKSAE
+from cgc_lens.sites import Head, hook_name
+from cgc_lens.streaming import iter_batches, run_sites
+
+__all__ = [
+    "CalibrationStats",
+    "KLFitness",
+    "calibration_pass",
+    "destruction",
+    "effective_z_maps",
+    "evaluate_allocations",
+    "sae_order",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def sae_order(model: HookedTransformer, sae: BatchedTopKSAE) -> list[int]:
+    """Position in ``sae`` of every head's SAE, layer-major; raises if a head has none."""
+    if sae.cfg.d_in != model.cfg.d_head:
+        raise CgcLensError(f"Per-head SAEs need d_in = d_head = {model.cfg.d_head}, got "
+                           f"{sae.cfg.d_in}.")
+    return [sae.index(Head(ell, h)) for ell in range(model.cfg.n_layers)
+            for h in range(model.cfg.n_heads)]
+
+
+def effective_z_maps(
+    W_O: Float[Tensor, "n_layers n_heads d_head d_model"],
+    retentions: Sequence[float],
+    *,
+    pruning: str = "magnitude",
+    seed: int = 0,
+) -> Float[Tensor, "n_layers n_heads n_levels d_head d_head"]:
+    """``M = W' W⁺`` per head and level: ``z M`` is the head's effective ``z`` after pruning.
+
+    Pruning ``W_O[h]`` to ``W'`` leaves ``hook_z`` unchanged and changes what the head writes,
+    ``z W'``. ``z M`` is the least-squares ``z`` whose *dense* output ``(z M) W`` is closest to
+    ``z W'`` (the projection of the pruned output onto the head's writing subspace), read in
+    the head's own ``z`` coordinates, where its SAE lives. With ``W`` of full row rank,
+    ``M = I`` at retention 1. ``pruning``: ``magnitude`` (what :class:`HeadPrune` does) or
+    ``random`` (Theorem 1's uniform-at-random removal, seeded).
+
+    Example:
+        >>> W = torch.randn(1, 2, 3, 8, dtype=torch.float64)
+        >>> M = effective_z_maps(W, [1.0, 0.0])
+        >>> bool(torch.allclose(M[..., 0, :, :], torch.eye(3, dtype=torch.float64)))
+        True
+        >>> float(M[..., 1, :, :].abs().max())
+        0.0
+    """
+    if pruning not in ("magnitude", "random"):
+        raise CgcLensError(f"pruning must be 'magnitude' or 'random', got {pruning!r}.")
+    w = W_O.detach().double().cpu()
+    pinv = torch.linalg.pinv(w)  # [L, H, d_model, d_head]
+    gen = torch.Generator().manual_seed(seed)
+    maps = []
+    for r in retentions:
+        if pruning == "magnitude":
+            pruned = torch.stack([head_prune_(layer.clone(), [r] * w.shape[1]) for layer in w])
+        else:
+            n = w.shape[-2] * w.shape[-1]
+            keep = torch.rand(*w.shape[:2], n, generator=gen).argsort(-1) < round(r * n)
+            pruned = w * keep.view(w.shape)
+        maps.append(pruned @ pinv)
+    return torch.stack(maps, dim=2)
+
+
+@dataclass(kw_only=True, eq=False)
+class CalibrationStats:
+    """What :func:`calibration_pass` accumulated."""
+
+    features: FeatureAccumulator
+    """Per-head SAE firing counts and the per-category token sample (Defs 1-4)."""
+    z_sum_sq: Float[Tensor, "n_layers n_heads d_head"]
+    """Σ_t z_tj² per head and coordinate (float64): Wanda's ‖z_j‖₂ is its square root."""
+    z_sum: Float[Tensor, "n_layers n_heads d_head"]
+    """Σ_t z_tj (float64): divided by ``n_tokens``, the mean-ablation values."""
+    n_tokens: int
+    """Calibration tokens read."""
+    survival: list[list[PearsonAccumulator]] | None
+    """Per layer and level, Pearson sums over ``n_heads × d_sae`` features (dense vs effective)."""
+    survival_counts: Int[Tensor, "n_layers n_heads d_sae"] | None
+    """Firing counts of each head's features on the survival tokens."""
+    survival_tokens: int
+    """Tokens the survival test read (the first ones of the calibration stream)."""
+
+
+@torch.no_grad()
+def calibration_pass(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "n_blocks pos"],
+    block_categories: Int[Tensor, " n_blocks"],
+    sae: BatchedTopKSAE,
+    *,
+    sample_per_category: int,
+    seed: int,
+    maps: Float[Tensor, "n_layers n_heads n_levels d_head d_head"] | None = None,
+    survival_tokens: int | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> CalibrationStats:
+    """One streamed pass over ``tokens`` (``hook_z`` of every layer) feeding every accumulator.
+
+    Each token carries its block's category. The survival sums (when ``maps`` is given) use the
+    first ``survival_tokens`` tokens (``None``: all), rounded up to whole batches.
+    """
+    cfg = model.cfg
+    order = sae_order(model, sae)
+    n_layers, n_heads, d_sae = cfg.n_layers, cfg.n_heads, sae.cfg.d_sae
+    acc = FeatureAccumulator(n_layers=n_layers, n_heads=n_heads, d_sae=d_sae,
+                             sample_per_category=sample_per_category, seed=seed)
+    z_sq = torch.zeros(n_layers, n_heads, cfg.d_head, dtype=torch.float64)
+    z_sum = torch.zeros_like(z_sq)
+    n_levels = 0 if maps is None else maps.shape[2]
+    surv = [[PearsonAccumulator(n_heads * d_sae) for _ in range(n_levels)]
+            for _ in range(n_layers)] if maps is not None else None
+    counts = torch.zeros(n_layers, n_heads, d_sae, dtype=torch.int64) if maps is not None else None
+    limit = tokens.numel() if survival_tokens is None else survival_tokens
+    state = {"tokens": 0, "survival": 0}
+    hooks = [hook_name("z", layer=ell) for ell in range(n_layers)]
+    device = sae.W_enc.device
+
+    def update(acts: Mapping[str, Tensor], i: int) -> None:
+        rows = block_categories[i * batch_size:(i + 1) * batch_size]
+        z0 = acts[hooks[0]]
+        cats = rows.repeat_interleave(z0.shape[1])
+        in_survival = maps is not None and state["survival"] < limit
+        for ell, name in enumerate(hooks):
+            z = rearrange(acts[name], "b p h d -> (b p) h d").to(device)
+            z64 = z.double()
+            z_sq[ell] += z64.square().sum(0).cpu()
+            z_sum[ell] += z64.sum(0).cpu()
+            sub = order[ell * n_heads:(ell + 1) * n_heads]
+            values, indices = sae.encode_topk(z, subset=sub)
+            acc.update(cats, indices=indices, values=values, layer=ell)
+            if in_survival:
+                ref = torch.zeros(*values.shape[:2], d_sae, dtype=values.dtype, device=device)
+                ref.scatter_(-1, indices, values)
+                counts[ell] += (ref > 0).sum(0).cpu()
+                m = maps[ell].to(device=device, dtype=z.dtype)
+                for j in range(n_levels):
+                    z_eff = einsum(z, m[:, j], "t h d, h d e -> t h e")
+                    other = sae.encode(z_eff, subset=sub)
+                    surv[ell][j].update(ref.flatten(1), other.flatten(1))
+        state["tokens"] += cats.numel()
+        if in_survival:
+            state["survival"] += cats.numel()
+
+    run_sites(model, tokens, hooks, batch_size=batch_size, callback=update, progress=progress,
+              desc="calibration")
+    return CalibrationStats(features=acc, z_sum_sq=z_sq, z_sum=z_sum, n_tokens=state["tokens"],
+                            survival=surv, survival_counts=counts,
+                            survival_tokens=state["survival"])
+
+
+class KLFitness:
+    """CGC-F's fitness: mean KL(dense ‖ compressed) over the first ``n_tokens`` calibration tokens.
+
+    Token counts are rounded up to whole blocks, so every stage scores complete blocks; the dense
+    log-probabilities of the largest stage are computed once and kept (memory: tokens × d_vocab
+    floats). Compression is :class:`HeadPrune` on ``W_O`` slices inside :func:`compressed`, so
+    the model is restored after every call.
+    """
+
+    def __init__(self, model: HookedTransformer, tokens: Int[Tensor, "n_blocks pos"], *,
+                 max_tokens: int, batch_size: int = 8) -> None:
+        self.model, self.batch_size = model, batch_size
+        pos = tokens.shape[1]
+        rows = min(math.ceil(max_tokens / pos), tokens.shape[0])
+        if rows * pos < max_tokens:
+            logger.warning("CGC-F asks for %d fitness tokens; only %d calibration tokens exist.",
+                           max_tokens, rows * pos)
+        self.tokens = tokens[:rows].to(model.cfg.device)
+        self.calls = 0
+        with torch.no_grad():
+            self._ref = [_logp(model(b, return_type="logits")) for b in
+                         self.tokens.split(batch_size)]
+
+    def rows(self, n_tokens: int) -> int:
+        """Blocks scored for ``n_tokens``."""
+        return max(1, min(math.ceil(n_tokens / self.tokens.shape[1]), self.tokens.shape[0]))
+
+    @torch.no_grad()
+    def kl(self, n_tokens: int) -> float:
+        """Mean KL of the model as it is now against the cached dense model."""
+        rows, total, count = self.rows(n_tokens), 0.0, 0
+        for batch, ref in zip(self.tokens.split(self.batch_size), self._ref, strict=True):
+            if count >= rows:
+                break
+            take = min(rows - count, batch.shape[0])
+            b, r = batch[:take], ref[:take]
+            total += float(_losses(_logp(self.model(b, return_type="logits")), b, r, r.exp())[1])
+            count += take
+        return total / (rows * self.tokens.shape[1])
+
+    def __call__(self, retention: Mapping[Head, float], n_tokens: int) -> float:
+        self.calls += 1
+        with compressed(self.model, HeadPrune(dict(retention))):
+            return self.kl(n_tokens)
+
+
+@torch.no_grad()
+def evaluate_allocations(
+    model: HookedTransformer,
+    tokens: Int[Tensor, "n_blocks pos"],
+    allocations: Mapping[str, Mapping[Head, float]],
+    *,
+    probes: Sequence[str] = (),
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, dict[str, object]]:
+    """Perplexity, mean KL(dense ‖ compressed) and probe results of each allocation.
+
+    Per batch the dense logits are computed once and each allocation is applied in turn with
+    :func:`compressed` (restored after each), so no dense logits are stored. Perplexity is the
+    chunked protocol of :func:`cgc_lens.metrics.perplexity`.
+    """
+    names = list(allocations)
+    nll, kl = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    n_scored = n_pos = 0
+    batches, n_batches = iter_batches(tokens, batch_size)
+    device = model.cfg.device
+    for rows in tqdm(batches, total=n_batches, desc="evaluate allocations", disable=not progress,
+                     leave=False):
+        batch = rows.to(device)
+        ref = _logp(model(batch, return_type="logits"))
+        ref_p = ref.exp()
+        for name in names:
+            with compressed(model, HeadPrune(dict(allocations[name]))):
+                a, k = _losses(_logp(model(batch, return_type="logits")), batch, ref, ref_p)
+            nll[name] += float(a)
+            kl[name] += float(k)
+        n_scored += batch.shape[0] * (batch.shape[1] - 1)
+        n_pos += batch.numel()
+    out: dict[str, dict[str, object]] = {}
+    for name in names:
+        results: dict[str, float] = {}
+        if probes:
+            with compressed(model, HeadPrune(dict(allocations[name]))):
+                results = run_probes(model, list(probes))
+        out[name] = {"ppl": math.exp(nll[name] / n_scored), "kl": kl[name] / n_pos,
+                     "probes": results}
+    return out
+
+
+def destruction(
+    r: Float[np.ndarray, "n_heads n_levels d_sae"],
+    active: np.ndarray,
+    *,
+    survived: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fraction of each head's active features with r < ``survived``, per level; and n_active.
+
+    Features with undefined r (NaN) are left out, as in the survival taxonomy; a head with no
+    classified feature gets NaN.
+    """
+    n_heads, n_levels, _ = r.shape
+    frac = np.full((n_heads, n_levels), np.nan)
+    for h in range(n_heads):
+        for j in range(n_levels):
+            codes = classify(r[h, j], active[h], survived=survived, damaged=min(0.5, survived))
+            classified = np.isin(codes, [Outcome.SURVIVED, Outcome.DEGRADED, Outcome.DAMAGED])
+            if classified.any():
+                frac[h, j] = float((classified & (codes != Outcome.SURVIVED)).sum()
+                                   / classified.sum())
+    return frac, active.sum(-1)

@@ -1,0 +1,302 @@
+"""The feature-survival audit end to end ("I quantized my model and perplexity looks fine: did
+the SAE features I interpret survive?"; QDM paper §3, Apps. B-L).
+
+:func:`run_survival` takes a :class:`SurvivalConfig` and returns a :class:`SurvivalResult`:
+
+1. the model, the frozen SAE at its read-out hook, and three disjoint token sets (features,
+   perplexity, the matched search's held-out tokens);
+2. the conditions: the null, RTN per bit-width, any plans, and magnitude pruning whose
+   perplexity on the held-out tokens matches a named condition's (:func:`~cgc_lens.compress.
+   match_level`);
+3. one streaming sweep (:func:`~cgc_lens.experiments.survival_stream.stream_conditions`): the
+   reference forward runs once per batch, every condition reuses its SAE codes;
+4. each condition's perplexity on the evaluation tokens (chunked; sliding window optional);
+5. the analyses of :mod:`cgc_lens.analysis` (taxonomy, overlaps, deciles, fragility, checks).
+
+``cgc-lens survival`` (:func:`cli_arguments`, :func:`cli_main`) parses into the same config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from cgc_lens.analysis.fragility import (
+    FragilityPredictor,
+    fragility_dataset,
+    marginal_aucs,
+    survival_by_quartile,
+)
+from cgc_lens.analysis.streaming_stats import merge_all
+from cgc_lens.analysis.survival import (
+    ConditionSummary,
+    active_features,
+    budget_sensitivity,
+    decile_table,
+    null_check,
+    overlap,
+    subset_stability,
+    summarize_condition,
+    summary_table,
+    threshold_grid,
+)
+from cgc_lens.configargs import add_config_arguments, config_from_arguments
+from cgc_lens.data import TokenBlocks
+from cgc_lens.errors import CgcLensError
+from cgc_lens.experiments.survival_conditions import (
+    Condition,
+    bos_token,
+    condition_perplexities,
+    resolve_conditions,
+    sae_target,
+    token_sets,
+)
+from cgc_lens.experiments.survival_config import (
+    NULL_NAME,
+    PlanCondition,
+    SurvivalConfig,
+    parse_sae,
+)
+from cgc_lens.experiments.survival_result import (
+    TABLE1_COLUMNS,
+    FragilityReport,
+    StabilityChecks,
+    SurvivalResult,
+)
+from cgc_lens.experiments.survival_stream import SweepSums, stream_conditions
+from cgc_lens.models import load_model
+from cgc_lens.saes.attach import SAETarget
+from cgc_lens.sites import layer_of
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "FragilityReport", "PlanCondition", "StabilityChecks", "SurvivalConfig", "SurvivalResult",
+    "cli_arguments", "cli_config", "cli_main", "format_table", "run_survival",
+]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condition], *,
+           ppl: dict[str, tuple[float | None, float | None]], layer: int,
+           ) -> tuple[list[ConditionSummary], dict[str, np.ndarray], Any, np.ndarray]:
+    """Table 1 rows and per-feature r at one read-out key."""
+    ref = merge_all(sums.reference_shards(key)).stats()  # type: ignore[attr-defined]
+    active = active_features(ref.firing_rate, config.active_rate)
+    ppl_ref = ppl.get(NULL_NAME, (None, None))[0]
+    rows, r = [], {}
+    for c in conds:
+        acc = merge_all(sums.pearson_shards(key, c.name))
+        r[c.name] = acc.pearson(flat_other=config.flat_other)  # type: ignore[attr-defined]
+        rows.append(summarize_condition(
+            c.name, r[c.name], active, tokens=acc.n_tokens, bits=c.bits, sparsity=c.sparsity,
+            ppl=ppl.get(c.name, (None, None))[0], ppl_reference=ppl_ref, layer=layer,
+            thresholds=config.thresholds))
+    return rows, r, ref, active
+
+
+def _attempt(what: str, fn: Callable[[], T]) -> tuple[T | None, str | None]:
+    """Run a degenerate-prone analysis (one outcome class, too few features); say why not."""
+    try:
+        return fn(), None
+    except CgcLensError as err:
+        log.warning("%s skipped: %s", what, err)
+        return None, f"{what} skipped: {err}"
+
+
+def _fragility(config: SurvivalConfig, ref: Any, r: np.ndarray, active: np.ndarray, name: str,
+               ) -> FragilityReport:
+    X, y = fragility_dataset(ref, r, active, survived=config.survived)
+    fit = FragilityPredictor(C=config.fragility_c, n_splits=config.fragility_folds,
+                             random_state=config.seed).fit(X, y)
+    return FragilityReport(
+        condition=name, n_features=len(y), survived_pct=100 * float(y.mean()),
+        cv_auc=fit.cv_auc_, cv_auc_std=fit.cv_auc_std_, oof_auc=fit.oof_auc_,
+        fold_aucs=tuple(float(a) for a in fit.fold_aucs_),
+        coefficients=fit.coefficients().reset_index(drop=True),
+        marginal_aucs={k: float(v) for k, v in marginal_aucs(X, y).items()},
+        quartiles=survival_by_quartile(X, y), roc_curves=tuple(fit.roc_curves_))
+
+
+def _stability(config: SurvivalConfig, sums: SweepSums, *, key: str, focus: str,
+               r: dict[str, np.ndarray], active: np.ndarray,
+               second: pd.DataFrame | None) -> StabilityChecks:
+    refs, conds = sums.reference_shards(key), sums.pearson_shards(key, focus)
+    total, biggest = sum(sums.n_tokens), max(sums.n_tokens)
+    budgets = sorted({max(sums.n_tokens[0], int(f * total)) for f in config.budget_fractions})
+    kw = {"thresholds": config.thresholds, "flat_other": config.flat_other}
+    budget, _ = _attempt("budget check", lambda: budget_sensitivity(refs, conds, budgets, **kw))
+    subsets, _ = _attempt("subset check", lambda: subset_stability(
+        refs, conds, max(biggest, int(config.subset_fraction * total)),
+        seeds=config.subset_seeds, **kw))
+    null = null_check(r[NULL_NAME], active, survived=config.survived) if config.null else None
+    return StabilityChecks(
+        condition=focus, null=null, budget=pd.DataFrame() if budget is None else budget,
+        subsets=pd.DataFrame() if subsets is None else subsets,
+        thresholds=threshold_grid(r[focus], active), second_layer=second)
+
+
+@torch.no_grad()
+def run_survival(
+    config: SurvivalConfig | None = None,
+    *,
+    model: HookedTransformer | None = None,
+    sae: SAE | None = None,
+    second_sae: SAE | None = None,
+    tokens: Int[Tensor, "n_blocks block_len"] | TokenBlocks | None = None,
+    eval_tokens: Int[Tensor, "n_eval block_len_eval"] | TokenBlocks | None = None,
+    match_tokens: Int[Tensor, "n_match block_len_match"] | TokenBlocks | None = None,
+) -> SurvivalResult:
+    """Run the feature-survival audit described by ``config`` (see the module docstring).
+
+    Args:
+        config: what to run (default: cgc-tiny, its residual SAE, RTN 8..4, pruning matched to
+            INT6).
+        model: a loaded model to use instead of ``config.model`` (edited in place during the
+            run and restored bit for bit, also on an exception).
+        sae: a SAELens SAE to use instead of ``config.sae``.
+        second_sae: an SAE at a second read-out site instead of ``config.second_sae``.
+        tokens: feature tokens instead of drawing ``config.tokens`` from ``config.corpus``.
+        eval_tokens: perplexity tokens instead of drawing ``config.eval_tokens``.
+        match_tokens: held-out tokens of the matched search instead of ``config.match_tokens``.
+
+    Example:
+        >>> result = run_survival(SurvivalConfig(tokens=4096, bits=(8, 4)))  # doctest: +SKIP
+        >>> result.to_frame()[["name", "mean_corr", "survived_pct"]]  # doctest: +SKIP
+    """
+    config = SurvivalConfig() if config is None else config
+    t_start = time.perf_counter()
+    if model is None:
+        model = load_model(config.model, device=config.device, dtype=config.dtype)
+    targets = [sae_target(model, sae, config.sae_source, config=config, hook=config.hook)]
+    if second_sae is not None or config.second_sae is not None:
+        spec = parse_sae(config.second_sae) if config.second_sae else ("", None)
+        targets.append(sae_target(model, second_sae, spec, config=config, hook=None))
+    sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
+                                       "match": match_tokens})
+    feats = sets["features"]
+    assert feats is not None
+    t0 = time.perf_counter()
+    conds, matches = resolve_conditions(config, model, sets["match"])
+    t_match = time.perf_counter() - t0
+    sums = stream_conditions(
+        model, feats, targets, [(c.name, c.plan) for c in conds], batch_size=config.batch_size,
+        n_shards=config.n_shards, cache_bytes=int(config.cache_mb * 2**20),
+        bos=bos_token(model) if config.prepend_bos else None, progress=config.progress)
+    t0 = time.perf_counter()
+    ppl = condition_perplexities(config, model, conds, sets["eval"])
+    t_ppl = time.perf_counter() - t0
+
+    key = targets[0].key
+    rows, r, ref, active = _table(config, sums, key, conds, ppl=ppl,
+                                  layer=layer_of(targets[0].hook))
+    second = None
+    if len(targets) > 1:
+        second = summary_table(_table(config, sums, targets[1].key, conds, ppl=ppl,
+                                      layer=layer_of(targets[1].hook))[0])
+    focus = config.focus_name
+    overlaps = []
+    for name in matches:
+        if config.match_target in r:
+            res, _ = _attempt("overlap", lambda n=name: overlap(
+                r[config.match_target], r[n], active, survived=config.survived,  # type: ignore[index]
+                names=(config.match_target, n)))
+            overlaps += [res] if res is not None else []
+    compressed_r = {c.name: r[c.name] for c in conds if c.name != NULL_NAME}
+    deciles = decile_table(ref.firing_rate, compressed_r, active, survived=config.survived,
+                           n_bins=min(10, int(active.sum())))
+    fragility, note = _attempt("fragility predictor",
+                               lambda: _fragility(config, ref, r[focus], active, focus))
+    stability = _stability(config, sums, key=key, focus=focus, r=r, active=active,
+                           second=second)
+    info = _info(config, model, targets, sets=sets, sums=sums, ppl=ppl, t_start=t_start,
+                 t_match=t_match, t_ppl=t_ppl)
+    if sae is not None:
+        info["sae"] = "(given)"
+    result = SurvivalResult(
+        config=config, conditions=tuple(rows), r=r, reference=ref, active=active, read_out=key,
+        overlaps=tuple(overlaps), deciles=deciles, fragility=fragility, fragility_note=note,
+        stability=stability, matches=matches, info=info)
+    log.info("survival audit done in %.1f s: %r", info["seconds"]["total"], result)
+    return result
+
+
+def _info(config: SurvivalConfig, model: HookedTransformer, targets: list[SAETarget], *,
+          sets: dict[str, Tensor | None], sums: SweepSums,
+          ppl: dict[str, tuple[float | None, float | None]], t_start: float, t_match: float,
+          t_ppl: float) -> dict[str, Any]:
+    sliding = {k: v[1] for k, v in ppl.items() if v[1] is not None}
+    return {
+        "model": getattr(model.cfg, "model_name", config.model), "sae": config.sae,
+        "read_out_sites": [t.key for t in targets], "d_sae": int(targets[0].sae.cfg.d_sae),
+        "device": str(next(model.parameters()).device),
+        "tokens": {k: (0 if v is None else int(v.numel())) for k, v in sets.items()},
+        "block_len": int(sets["features"].shape[1]),  # type: ignore[union-attr]
+        "shard_tokens": list(sums.n_tokens), "n_chunks": sums.n_chunks,
+        "cache_peak_mb": round(sums.cache_peak_bytes / 2**20, 3),
+        "sliding_ppl": sliding or None,
+        "seconds": {"total": round(time.perf_counter() - t_start, 2),
+                    "sweep": round(sums.seconds, 2), "matching": round(t_match, 2),
+                    "perplexity": round(t_ppl, 2)},
+    }
+
+
+def format_table(result: SurvivalResult) -> str:
+    """Table 1 as aligned text (what ``cgc-lens survival`` prints)."""
+    table = result.to_frame()[list(TABLE1_COLUMNS)]
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+def cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``cgc-lens survival``: one per :class:`SurvivalConfig` field, plus
+    ``--config`` (a JSON config or a packaged name) and ``--out``."""
+    add_config_arguments(parser, SurvivalConfig, skip=("plans",))
+    parser.add_argument("--config", default=None,
+                        help="JSON config (path, or a packaged name such as survival_pythia70m); "
+                             "options given on the command line override it")
+    parser.add_argument("--out", type=Path, required=True, help="results folder")
+
+
+def cli_config(args: argparse.Namespace) -> SurvivalConfig:
+    """The config of a ``cgc-lens survival`` command line: ``--config`` (if any), then every
+    option given on the command line over it."""
+    base = SurvivalConfig.from_json(args.config) if getattr(args, "config", None) else None
+    given = set(vars(args))
+    fields = dataclasses.fields(SurvivalConfig) if base is not None else ()
+    keep = {f.name: getattr(base, f.name) for f in fields if f.name not in given}
+    return config_from_arguments(SurvivalConfig, args, **keep)
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run ``cgc-lens survival``: print Table 1 and write the results folder to ``--out``."""
+    result = run_survival(cli_config(args))
+    out = result.save(args.out)
+    lines = [format_table(result), ""]
+    if result.stability.null is not None:
+        n = result.stability.null
+        lines.append(f"null check: {'passed' if n.passed else 'FAILED'} (mean r {n.mean_corr:.6f})")
+    if result.fragility is not None:
+        f = result.fragility
+        lines.append(f"fragility ({f.condition}): {f.cv_auc:.3f} CV AUC over {f.n_features} "
+                     "features")
+    lines.append(f"results: {out / 'results.json'}, {out / 'tables' / 'features.csv'}, "
+                 f"{out / 'report.html'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+

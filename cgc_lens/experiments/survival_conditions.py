@@ -1,0 +1,207 @@
+"""The compared conditions of the survival audit, its token sets, and their perplexities.
+
+- :func:`token_sets`: feature, perplexity and matched-search tokens; sets drawn from one split
+  come from one seeded draw of blocks, shuffled and cut, so they never share a block.
+- :func:`resolve_conditions`: the null, RTN per bit-width, plans, and magnitude pruning whose
+  perplexity on the held-out match tokens equals a named condition's (§3.6, App. F).
+- :func:`condition_perplexities`: chunked (and sliding-window) perplexity of each condition on
+  the evaluation tokens (§3.5, App. D), every weight edit restored bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from cgc_lens.compress import RTN, MagnitudePrune, MatchResult, Plan, compressed, match_level
+from cgc_lens.data import TokenBlocks, load_corpus, token_blocks, token_stream
+from cgc_lens.errors import CgcLensError
+from cgc_lens.experiments.survival_config import NULL_NAME, SurvivalConfig, rtn_name
+from cgc_lens.metrics import perplexity, perplexity_result
+from cgc_lens.saes import load_sae, validate_sae
+from cgc_lens.saes.attach import SAETarget
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
+    from transformer_lens import HookedTransformer
+
+__all__ = [
+    "Condition", "bos_token", "condition_perplexities", "edited", "resolve_conditions",
+    "sae_target", "token_sets",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One compared condition: its name, its plan, and its Table 1 bits / sparsity."""
+
+    name: str
+    plan: Plan | None  # None: the null condition (the model untouched)
+    bits: float | None
+    sparsity: float | None
+
+
+def edited(model: HookedTransformer, plan: Plan | None) -> contextlib.AbstractContextManager:
+    """``compressed(model, plan)``, or nothing for the null condition (``plan=None``)."""
+    return contextlib.nullcontext() if plan is None else compressed(model, plan)
+
+
+def sae_target(model: HookedTransformer, sae: SAE | None, spec: tuple[str, str | None], *,
+               config: SurvivalConfig, hook: str | None) -> SAETarget:
+    """The SAE (given, or loaded by ``spec``) validated at its read-out hook on ``model``."""
+    device = next(model.parameters()).device
+    if sae is None:
+        sae = load_sae(spec[0], spec[1], device=str(device), dtype=config.sae_dtype)
+    elif next(sae.parameters()).device != device:
+        raise CgcLensError(f"The SAE is on {next(sae.parameters()).device} but the model on "
+                           f"{device}; move one of them (sae.to(device)).")
+    try:
+        return validate_sae(model, sae, hook=hook)
+    except CgcLensError as err:
+        if spec[0] == "cgc-tiny" and config.model != "cgc-tiny":
+            raise CgcLensError(f"{err} The default SAE is cgc-tiny's; pass --sae for "
+                               f"{config.model}.") from err
+        raise
+
+
+def bos_token(model: HookedTransformer) -> int:
+    """The tokenizer's bos id (for ``prepend_bos``)."""
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    if bos is None:
+        raise CgcLensError(f"prepend_bos needs a tokenizer with a bos token; "
+                           f"{model.cfg.model_name} has none.")
+    return int(bos)
+
+
+def _as_tokens(tokens: Tensor | TokenBlocks, d_vocab: int, what: str) -> Tensor:
+    rows = tokens.tokens if isinstance(tokens, TokenBlocks) else torch.as_tensor(tokens)
+    if rows.ndim != 2 or rows.numel() == 0:
+        raise CgcLensError(f"Expected {what} tokens [n_blocks, block_len] with at least one "
+                           f"block, got shape {tuple(rows.shape)}.")
+    if int(rows.min()) < 0 or int(rows.max()) >= d_vocab:
+        raise CgcLensError(f"Expected {what} token ids in [0, d_vocab={d_vocab}), got "
+                           f"[{int(rows.min())}, {int(rows.max())}].")
+    return rows.long()
+
+
+def token_sets(config: SurvivalConfig, model: HookedTransformer,
+               given: dict[str, Tensor | TokenBlocks | None]) -> dict[str, Tensor | None]:
+    """Feature, perplexity and match tokens; sets drawn from one split are disjoint blocks."""
+    n_ctx = model.cfg.n_ctx - int(config.prepend_bos)
+    block_len = config.block_len or min(n_ctx, 512)
+    if block_len > n_ctx:
+        raise CgcLensError(f"block_len={block_len} does not fit the model's n_ctx "
+                           f"{model.cfg.n_ctx}{' with a bos token' if config.prepend_bos else ''}.")
+    sizes = {"features": (config.split, config.tokens),
+             "eval": (config.eval_split, config.eval_tokens),
+             "match": (config.match_split, config.match_tokens if config.match_pruning is not None
+                       else 0)}
+    out: dict[str, Tensor | None] = {}
+    by_split: dict[str, list[tuple[str, int]]] = {}
+    for name, (split, n_tokens) in sizes.items():
+        if given.get(name) is not None:
+            out[name] = _as_tokens(given[name], model.cfg.d_vocab, name)  # type: ignore[arg-type]
+        elif n_tokens == 0:
+            out[name] = None
+        elif n_tokens < block_len:
+            raise CgcLensError(f"{name} token budget {n_tokens} is below one block of "
+                               f"{block_len} tokens.")
+        else:
+            by_split.setdefault(split, []).append((name, n_tokens // block_len))
+    for split, wanted in by_split.items():
+        corpus = load_corpus(config.corpus, split=split, max_documents=config.max_documents)
+        total = sum(n for _, n in wanted)
+        blocks = token_blocks(corpus, model, block_len=block_len, n_blocks=total,
+                              seed=config.seed, split=split).tokens
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(config.seed))
+        start = 0
+        for name, n in wanted:  # blocks come in stream order; a seeded shuffle mixes categories
+            out[name] = blocks[order[start:start + n].sort().values]
+            start += n
+    return out
+
+
+def _plan_levels(plan: Plan) -> tuple[float | None, float | None]:
+    bits = [s.operator.bits for s in plan if isinstance(s.operator, RTN)]
+    sparsity = [getattr(s.operator, "sparsity", None) for s in plan]
+    sparsity = [s for s in sparsity if s is not None]
+    return (min(bits) if bits else None), (max(sparsity) if sparsity else None)
+
+
+def resolve_conditions(
+    config: SurvivalConfig, model: HookedTransformer, match_tokens: Tensor | None,
+) -> tuple[list[Condition], dict[str, MatchResult]]:
+    """Every condition with its plan; magnitude sparsity found by the matched search."""
+    ref_bits = float(torch.finfo(next(model.parameters()).dtype).bits)
+    conds = [Condition(NULL_NAME, None, ref_bits, None)] if config.null else []
+    conds += [Condition(rtn_name(b), Plan.of(RTN(b)), float(b), None) for b in config.bits]
+    conds += [Condition(p.name, p.plan, *_plan_levels(p.plan)) for p in config.plans]
+    matches: dict[str, MatchResult] = {}
+    if config.match_pruning is not None:
+        assert match_tokens is not None  # _token_sets draws them whenever matching is asked
+        target_name = config.match_target
+        plans = {c.name: c.plan for c in conds}
+        target_plan = plans.get(target_name) or Plan.of(RTN(int(config.match_pruning)))
+
+        def evaluate(m: HookedTransformer) -> float:
+            return perplexity(m, match_tokens, batch_size=config.batch_size,
+                              prepend_bos=config.prepend_bos, progress=False)
+
+        t0 = time.perf_counter()
+        with edited(model, target_plan):
+            target = evaluate(model)
+        reference = evaluate(model)
+        # The tolerance is a fraction of the gap being matched: a compression may move
+        # perplexity by well under 1% (RTN INT6 on cgc-tiny), where a relative tolerance on
+        # the perplexity itself would accept sparsity 0.
+        atol = config.match_tolerance * abs(target - reference)
+        match = match_level(model, MagnitudePrune(0.0), evaluate, target,
+                            method=config.match_method, rtol=0.0, atol=atol,
+                            value_at_lo=reference)
+        name = config.condition_names[-1]
+        log.info("%s: sparsity %.4f gives ppl %.4f on %d held-out tokens (target %.4f, "
+                 "reference %.4f; %d evaluations, %.1f s)", name, match.level, match.value,
+                 match_tokens.numel(), target, reference, match.n_evaluations,
+                 time.perf_counter() - t0)
+        if not match.converged:
+            log.warning("%s: the search did not come within %.4g of the target perplexity "
+                        "(closest: %+.3f%%).", name, atol, 100 * match.relative_error)
+        conds.append(Condition(name, Plan.of(MagnitudePrune(match.level)), None, match.level))
+        matches[name] = match
+    return conds, matches
+
+
+def condition_perplexities(
+    config: SurvivalConfig, model: HookedTransformer, conds: list[Condition],
+    eval_tokens: Tensor | None,
+) -> dict[str, tuple[float | None, float | None]]:
+    """Chunked (and sliding-window) perplexity per condition; the reference under ``None``."""
+    stream = None
+    if config.ppl_window is not None and eval_tokens is not None:
+        corpus = load_corpus(config.corpus, split=config.eval_split,
+                             max_documents=config.max_documents)
+        stream = token_stream(corpus, model)[: max(config.eval_tokens, config.ppl_window)]
+        if config.eval_split == config.split:
+            log.warning("The sliding-window stream comes from the feature tokens' split %r; "
+                        "set eval_split to keep them apart.", config.split)
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for name, plan in [(None, None), *[(c.name, c.plan) for c in conds]]:
+        if eval_tokens is None or (name is None and config.null):
+            continue
+        with edited(model, plan):
+            chunked = perplexity_result(model, eval_tokens, batch_size=config.batch_size,
+                                        prepend_bos=config.prepend_bos, progress=False).perplexity
+            sliding = None if stream is None else perplexity(
+                model, stream, window=config.ppl_window,
+                stride=config.ppl_stride or max(1, config.ppl_window // 4),  # type: ignore[operator]
+                batch_size=config.batch_size, progress=False)
+        out[NULL_NAME if name is None else name] = (chunked, sliding)
+    return out

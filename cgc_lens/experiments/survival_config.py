@@ -1,0 +1,386 @@
+"""Configuration of the feature-survival audit (QDM paper §3, App. K): what to compress and read.
+
+:class:`SurvivalConfig` is the one definition the Python API, the JSON reproduction configs
+(``cgc_lens/configs/survival_*.json``) and ``cgc-lens survival`` share: every field's docstring
+is its ``--help``. The compression conditions follow from four fields, in this order: the null
+condition (``null``), one RTN condition per entry of ``bits``, any :class:`PlanCondition` in
+``plans``, and magnitude pruning matched to one of them (``match_pruning``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cgc_lens.analysis.survival import SurvivalThresholds
+from cgc_lens.compress import Plan
+from cgc_lens.compress.quantize import check_bits
+from cgc_lens.errors import CgcLensError, unknown_name
+from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
+
+__all__ = ["CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "rtn_name"]
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+"""Where the packaged reproduction configs live (``survival_pythia70m.json`` ...)."""
+
+NULL_NAME = "reference"
+"""Name of the null condition: the reference model against itself (Table 1's baseline row)."""
+
+
+def rtn_name(bits: int) -> str:
+    """The condition name of RTN at ``bits``.
+
+    Example:
+        >>> rtn_name(6)
+        'RTN INT6'
+    """
+    return f"RTN INT{bits}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanCondition:
+    """A compression condition given as any :class:`~cgc_lens.compress.Plan`.
+
+    Example:
+        >>> from cgc_lens.compress import RTN, MagnitudePrune
+        >>> c = PlanCondition(name="prune+int8", plan=Plan.compose(MagnitudePrune(0.1), RTN(8)))
+        >>> PlanCondition.from_dict(c.to_dict()) == c
+        True
+    """
+
+    name: str
+    """Label of the condition in every table and figure."""
+    plan: Plan
+    """What is applied to the model (restored bit-exactly afterwards)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise CgcLensError(f"PlanCondition.name must be a non-empty string, got {self.name!r}.")
+        if isinstance(self.plan, dict):
+            object.__setattr__(self, "plan", Plan.from_dict(self.plan))
+        if not isinstance(self.plan, Plan):
+            raise CgcLensError(f"PlanCondition.plan must be a Plan, got {self.plan!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready ``{"name": ..., "plan": Plan.to_dict()}``."""
+        return {"name": self.name, "plan": self.plan.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PlanCondition:
+        """Inverse of :meth:`to_dict`."""
+        if not isinstance(data, dict) or set(data) != {"name", "plan"}:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise CgcLensError(f"A plan condition is {{'name': ..., 'plan': ...}}, got {got}.")
+        return cls(name=data["name"], plan=Plan.from_dict(data["plan"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SurvivalConfig:
+    """Everything a feature-survival audit depends on; saved with its results.
+
+    Example:
+        >>> cfg = SurvivalConfig(bits=(8, 4), match_pruning=4, tokens=4096)
+        >>> cfg.condition_names
+        ('reference', 'RTN INT8', 'RTN INT4', 'magnitude matched RTN INT4')
+        >>> cfg.sae_source
+        ('cgc-tiny', None)
+        >>> SurvivalConfig.from_dict(cfg.to_dict()) == cfg
+        True
+    """
+
+    model: str = "cgc-tiny"
+    """Model name (TransformerLens pretrained name, "cgc-tiny") or local path."""
+    sae: str = "cgc-tiny"
+    """The frozen SAE: "RELEASE/ID" (e.g. "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/
+    canonical"), "RELEASE" with sae_id, a local folder, or "cgc-tiny" (its embedded residual
+    SAE). Its hook is the read-out site."""
+    sae_id: str | None = None
+    """SAE id inside the release, when "sae" is given without one (e.g. a hub repo ORG/NAME)."""
+    hook: str | None = None
+    """Read-out hook, for an SAE whose metadata names none (default: the SAE's own)."""
+    second_sae: str | None = None
+    """Optional second SAE (same forms as "sae") at another read-out site: the second-layer
+    stability check, streamed in the same forward passes."""
+    corpus: str = "cgc-tiny"
+    """Corpus name or path (see cgc_lens.data.load_corpus)."""
+    split: str = "eval"
+    """Corpus split the feature tokens are drawn from."""
+    eval_split: str = "eval"
+    """Split of the perplexity tokens (drawn disjoint from the feature tokens if the same)."""
+    match_split: str = "calibration"
+    """Split of the held-out tokens the matched-pruning search is scored on."""
+    max_documents: int | None = None
+    """Read at most this many documents of each split (large hub corpora)."""
+    tokens: int = 65536
+    """Token budget of the feature statistics (rounded down to whole blocks)."""
+    block_len: int | None = None
+    """Tokens per block (context resets per block); default: the model's n_ctx, at most 512."""
+    batch_size: int = 8
+    """Blocks per forward pass."""
+    prepend_bos: bool = False
+    """Feed a bos token before every block; its position is left out of the statistics."""
+    seed: int = 0
+    """Seed of the block draws and of the subset stability check."""
+    null: bool = True
+    """Include the null condition (the reference against itself; Table 1's baseline row)."""
+    bits: tuple[int, ...] = (8, 7, 6, 5, 4)
+    """RTN bit-widths (per-output-channel, symmetric, Eq. 2), one condition each."""
+    plans: tuple[PlanCondition, ...] = ()
+    """Further conditions, any compression plan each (JSON: [{"name": ..., "plan": ...}])."""
+    match_pruning: int | str | None = 6
+    """Add magnitude pruning whose perplexity on the match tokens equals that of RTN at these
+    bits (an int) or of the named condition; none if unset."""
+    match_method: Literal["root", "bisect"] = "root"
+    """Matched search: "root" (Illinois regula falsi to match_tolerance) or "bisect" (the
+    paper's six fixed bisection steps on [0, 0.8], keeping the closest; App. F)."""
+    match_tolerance: float = 0.05
+    """The "root" search stops within this fraction of the perplexity gap being matched
+    (|ppl - target| <= tolerance · |target - reference|)."""
+    match_tokens: int = 16384
+    """Held-out tokens the matched search evaluates perplexity on."""
+    eval_tokens: int = 16384
+    """Tokens each condition's perplexity is measured on (chunked protocol, §3.5)."""
+    ppl_window: int | None = None
+    """Also measure sliding-window perplexity with this window (App. D); none if unset."""
+    ppl_stride: int | None = None
+    """Stride of the sliding window (default: window // 4)."""
+    active_rate: float = 1e-3
+    """A feature is active when its reference firing rate exceeds this (Eq. 4)."""
+    survived: float = 0.9
+    """Survived: r >= this (τ_s)."""
+    damaged: float = 0.5
+    """Damaged: r < this (τ_d); degraded in between."""
+    flat_other: Literal["damaged", "undefined"] = "damaged"
+    """r of a feature the condition switches off (constant under compression): 0 ("damaged")
+    or NaN ("undefined", left out of every statistic)."""
+    focus: str | None = None
+    """Condition the fragility predictor, threshold grid and stability checks are run on
+    (default: RTN INT6 if present, else the matched target, else the middle RTN condition)."""
+    fragility_c: float = 1.0
+    """Inverse L2 strength of the fragility logistic regression."""
+    fragility_folds: int = 5
+    """Stratified cross-validation folds of the fragility predictor."""
+    budget_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    """Token-budget check: these fractions of the budget (whole shards) are re-summarised."""
+    subset_fraction: float = 0.5
+    """Random-subset check: this fraction of the shards, one draw per subset seed."""
+    subset_seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds of the random-subset check."""
+    n_shards: int = 16
+    """Batches are grouped into this many shards, each with its own sums, for the checks."""
+    cache_mb: float = 32.0
+    """Memory for reference SAE codes (stored sparse): conditions run over that many tokens per
+    weight edit. 0 edits the weights once per batch per condition."""
+    device: str | None = None
+    """cpu, cuda ... (default: the best available)."""
+    dtype: str | None = None
+    """Model parameter dtype (float32 if unset)."""
+    sae_dtype: str = "float32"
+    """SAE parameter dtype."""
+    progress: bool = True
+    """Show progress bars."""
+
+    def __post_init__(self) -> None:
+        for name in ("bits", "budget_fractions", "subset_seeds"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if isinstance(self.plans, (list, tuple)):
+            plans = tuple(PlanCondition.from_dict(p) if isinstance(p, dict) else p
+                          for p in self.plans)
+            object.__setattr__(self, "plans", plans)
+        if isinstance(self.match_pruning, str) and self.match_pruning.strip().isdigit():
+            object.__setattr__(self, "match_pruning", int(self.match_pruning))
+        elif isinstance(self.match_pruning, str) and self.match_pruning.lower() in ("", "none"):
+            object.__setattr__(self, "match_pruning", None)  # `--match-pruning none`
+        self._check_sizes()
+        self._check_conditions()
+        SurvivalThresholds(active_rate=self.active_rate, survived=self.survived,
+                           damaged=self.damaged)
+        for name, valid in (("match_method", ("root", "bisect")),
+                            ("flat_other", ("damaged", "undefined"))):
+            if getattr(self, name) not in valid:
+                raise CgcLensError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+
+    def _check_sizes(self) -> None:
+        positive = {"tokens": self.tokens, "batch_size": self.batch_size,
+                    "n_shards": self.n_shards, "match_tokens": self.match_tokens}
+        for name, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CgcLensError(f"{name} must be a positive int, got {value!r}.")
+        if not isinstance(self.eval_tokens, int) or self.eval_tokens < 0:
+            raise CgcLensError(f"eval_tokens must be an int >= 0 (0: no perplexity), got "
+                               f"{self.eval_tokens!r}.")
+        if self.block_len is not None and self.block_len < 2:
+            raise CgcLensError(f"block_len must be >= 2 or None, got {self.block_len!r}.")
+        if self.max_documents is not None and self.max_documents < 1:
+            raise CgcLensError(f"max_documents must be >= 1 or None, got {self.max_documents!r}.")
+        if self.ppl_window is None and self.ppl_stride is not None:
+            raise CgcLensError("ppl_stride needs ppl_window (the sliding-window width).")
+        if self.ppl_window is not None and not 1 <= (self.ppl_stride or 1) <= self.ppl_window:
+            raise CgcLensError(f"Expected 1 <= ppl_stride <= ppl_window, got "
+                               f"{self.ppl_stride!r} and {self.ppl_window!r}.")
+        if not (self.cache_mb >= 0 and 0 < self.match_tolerance < 1 and self.fragility_c > 0):
+            raise CgcLensError(
+                f"Expected cache_mb >= 0, 0 < match_tolerance < 1, fragility_c > 0; got "
+                f"{self.cache_mb!r}, {self.match_tolerance!r}, {self.fragility_c!r}.")
+        if not isinstance(self.fragility_folds, int) or self.fragility_folds < 2:
+            raise CgcLensError(
+                f"fragility_folds must be an int >= 2, got {self.fragility_folds!r}.")
+        if not self.budget_fractions or not all(0 < f <= 1 for f in self.budget_fractions):
+            raise CgcLensError(f"budget_fractions must be fractions in (0, 1], got "
+                               f"{self.budget_fractions!r}.")
+        if not 0 < self.subset_fraction <= 1:
+            raise CgcLensError(f"subset_fraction must be in (0, 1], got {self.subset_fraction!r}.")
+
+    def _check_conditions(self) -> None:
+        for b in self.bits:
+            check_bits(b)
+        if len(set(self.bits)) != len(self.bits):
+            raise CgcLensError(f"bits must not repeat, got {self.bits!r}.")
+        for p in self.plans:
+            if not isinstance(p, PlanCondition):
+                raise CgcLensError(f"plans must hold PlanCondition objects, got {p!r}.")
+        names = self.condition_names
+        if len(set(names)) != len(names):
+            raise CgcLensError(f"Condition names must be unique, got {list(names)}.")
+        if not [n for n in names if n != NULL_NAME]:
+            raise CgcLensError("Expected at least one compression condition (bits, plans or "
+                               "match_pruning), got none.")
+        if self.focus is not None and self.focus not in names:
+            raise unknown_name("focus condition", self.focus, names)
+        if isinstance(self.match_pruning, int) and not isinstance(self.match_pruning, bool):
+            check_bits(self.match_pruning)
+        elif isinstance(self.match_pruning, str) and self.match_pruning not in names[:-1]:
+            raise unknown_name("condition to match pruning to", self.match_pruning, names[:-1])
+        elif self.match_pruning is not None and not isinstance(self.match_pruning, str):
+            raise CgcLensError(f"match_pruning must be bits (int), a condition name or None, "
+                               f"got {self.match_pruning!r}.")
+
+    @property
+    def thresholds(self) -> SurvivalThresholds:
+        """The activity and taxonomy thresholds as one object."""
+        return SurvivalThresholds(active_rate=self.active_rate, survived=self.survived,
+                                  damaged=self.damaged)
+
+    @property
+    def match_target(self) -> str | None:
+        """Name of the condition pruning is matched to (``None`` if no matching)."""
+        if self.match_pruning is None:
+            return None
+        return rtn_name(self.match_pruning) if isinstance(self.match_pruning, int) \
+            else self.match_pruning
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """Every condition's name, in run order: null, RTN, plans, matched pruning."""
+        names = [NULL_NAME] if self.null else []
+        names += [rtn_name(b) for b in self.bits] + [p.name for p in self.plans]
+        if self.match_pruning is not None:
+            names.append(f"magnitude matched {self.match_target}")
+        return tuple(names)
+
+    @property
+    def focus_name(self) -> str:
+        """The condition of the fragility and stability analyses (see ``focus``)."""
+        if self.focus is not None:
+            return self.focus
+        names = [n for n in self.condition_names if n != NULL_NAME]
+        if rtn_name(6) in names:
+            return rtn_name(6)
+        if self.match_target in names:
+            return self.match_target  # type: ignore[return-value]
+        rtn = [rtn_name(b) for b in sorted(self.bits, reverse=True)]
+        return rtn[len(rtn) // 2] if rtn else names[0]
+
+    @property
+    def sae_source(self) -> tuple[str, str | None]:
+        """``(release_or_path, sae_id)`` for :func:`cgc_lens.saes.load_sae` (see ``sae``)."""
+        return parse_sae(self.sae, self.sae_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (plans as plan dicts)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["plans"] = [p.to_dict() for p in self.plans]
+        for name in ("bits", "budget_fractions", "subset_seeds"):
+            out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SurvivalConfig:
+        """Build from :meth:`to_dict`'s form; unknown keys raise with the closest names."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in data:
+            if key not in names:
+                raise unknown_name("SurvivalConfig field", key, names)
+        values = dict(data)
+        for name in ("bits", "budget_fractions", "subset_seeds"):  # JSON lists → the tuples
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        if isinstance(values.get("plans"), list):
+            values["plans"] = tuple(PlanCondition.from_dict(p) if isinstance(p, dict) else p
+                                    for p in values["plans"])
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> SurvivalConfig:
+        """Read a JSON config: a path, or the name of a packaged one (``"survival_pythia70m"``).
+
+        Example:
+            >>> SurvivalConfig.from_json("survival_pythia70m").model
+            'pythia-70m-deduped'
+        """
+        file = resolve_config_path(path)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise CgcLensError(f"Config {file} is not valid JSON: {err}.") from err
+        if not isinstance(data, dict):
+            raise CgcLensError(f"Config {file} must hold a JSON object, got {type(data).__name__}.")
+        data.pop("_comment", None)
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> SurvivalConfig:
+        """A copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: the path itself, or a packaged config by name (with or without
+    ``survival_`` and ``.json``)."""
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file
+    packaged = {p.stem: p for p in CONFIG_DIR.glob("*.json")}
+    stem = Path(str(path)).stem
+    for key in (stem, f"survival_{stem}"):
+        if key in packaged:
+            return packaged[key]
+    close = difflib.get_close_matches(stem, list(packaged), n=3)
+    raise CgcLensError(f"No config file {str(path)!r}; packaged configs: {sorted(packaged)}"
+                       f"{f' (closest: {close})' if close else ''}.")
+
+
+def parse_sae(spec: str, sae_id: str | None = None) -> tuple[str, str | None]:
+    """Split an SAE given as "RELEASE/ID", a folder, or "RELEASE" into (release_or_path, id).
+
+    An existing folder or an embedded release name is taken whole; otherwise the text before the
+    first "/" is the release and the rest the id. With ``sae_id`` the spec is used verbatim.
+
+    Example:
+        >>> parse_sae("gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical")
+        ('gemma-scope-2b-pt-res-canonical', 'layer_12/width_16k/canonical')
+        >>> parse_sae("cgc-tiny"), parse_sae("ORG/NAME", "blocks.4.hook_resid_post")
+        (('cgc-tiny', None), ('ORG/NAME', 'blocks.4.hook_resid_post'))
+    """
+    if not isinstance(spec, str) or not spec:
+        raise CgcLensError(f"An SAE is a non-empty 'RELEASE/ID' or path, got {spec!r}.")
+    if sae_id is not None or spec in EMBEDDED_SAE_DIRS or Path(spec).expanduser().exists():
+        return spec, sae_id
+    release, _, rest = spec.partition("/")
+    return (release, rest or None) if release else (spec, None)
+
