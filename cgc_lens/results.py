@@ -127,7 +127,10 @@ def write_results(
         save_file(tensors, str(out / "arrays.safetensors"))
     for name, fig in (figures or {}).items():
         (out / "figures").mkdir(exist_ok=True)
-        fig.write_html(out / "figures" / f"{name}.html", include_plotlyjs=True, full_html=True)
+        # "directory": one plotly.min.js beside the figures, read by relative path (offline;
+        # inlining it would put 4.8 MB into every figure file)
+        fig.write_html(out / "figures" / f"{name}.html", include_plotlyjs="directory",
+                       full_html=True)
     write_report(out, title or f"cgc-lens {study}", figures=dict(figures or {}),
                  tables=dict(tables or {}), config=config, versions=doc["versions"], intro=intro)
     return out

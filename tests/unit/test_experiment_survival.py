@@ -227,10 +227,12 @@ def test_tokens_drawn_from_a_local_corpus(tmp_path):
     model = make_tiny_model(d_vocab=320)
     model.set_tokenizer(bpe_tokenizer(300))
     config = SurvivalConfig(corpus=str(folder), bits=(4,), match_pruning=4, tokens=512,
-                            block_len=16, eval_tokens=256, match_tokens=128, **FAST)
+                            block_len=16, eval_tokens=256, match_tokens=128, ppl_window=32,
+                            ppl_stride=8, **FAST)
     result = run_survival(config, model=model, sae=make_sae())
     assert result.info["tokens"] == {"features": 512, "eval": 256, "match": 128}
     assert result.summary("RTN INT4").ppl is not None
+    assert set(result.info["sliding_ppl"]) == set(config.condition_names)
 
 
 def test_cli_options_build_the_config(tmp_path):
