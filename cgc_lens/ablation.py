@@ -26,11 +26,12 @@ hooked forward per head (tests and ``benchmarks/bench_ablation.py`` check the tw
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -349,18 +350,12 @@ def head_ablation(
     return _result(model, heads, out, mode=mode)
 
 
-@torch.no_grad()
 def head_ablation_naive(
-    model: HookedTransformer,
-    tokens: Int[Tensor, "n_blocks pos"],
-    *,
-    mode: Mode = "zero",
-    means: Float[Tensor, "n_layers n_heads d_head"] | None = None,
-    heads: Sequence[Head] | None = None,
-    batch_size: int = 8,
-    progress: bool = True,
+    model: HookedTransformer, tokens: Int[Tensor, "n_blocks pos"], **kwargs: Any
 ) -> AblationResult:
     """The reference for :func:`head_ablation`: one full hooked forward per head and batch.
+
+    Takes :func:`head_ablation`'s arguments, with its defaults; ``heads_per_pass`` is ignored.
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -372,8 +367,22 @@ def head_ablation_naive(
         >>> bool(np.allclose(a.delta_ppl, b.delta_ppl, atol=1e-5))
         True
     """
-    heads = _heads(model, heads)
-    edits = _ablation_edits(model, heads, mode, means)
+    # bound to head_ablation's signature: one list of arguments and defaults for both
+    bound = inspect.signature(head_ablation).bind(model, tokens, **kwargs)
+    bound.apply_defaults()
+    a = bound.arguments
+    heads = _heads(model, a["heads"])
+    edits = _ablation_edits(model, heads, a["mode"], a["means"])
+    out = _sweep_naive(model, tokens, edits, batch_size=a["batch_size"], progress=a["progress"])
+    return _result(model, heads, out, mode=a["mode"])
+
+
+@torch.no_grad()
+def _sweep_naive(
+    model: HookedTransformer, tokens: Tensor, edits: Sequence[_Edit], *, batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray, float, int, int]:
+    """What :func:`_sweep` returns, from one full forward per edit that sets ``hook_z``."""
     tokens = _check_tokens(model, tokens)
     device = model.cfg.device
     nll, kl = np.zeros(len(edits)), np.zeros(len(edits))
@@ -400,7 +409,7 @@ def head_ablation_naive(
             kl[i] += float(k)
             bar.update(1)
     bar.close()
-    return _result(model, heads, (nll, kl, dense_nll, n_scored, n_pos), mode=mode)
+    return nll, kl, dense_nll, n_scored, n_pos
 
 
 def head_prune_sweep(

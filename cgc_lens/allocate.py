@@ -275,32 +275,20 @@ def inverted(
     density: Real[np.ndarray, "n_layers n_heads"] | DensityResult,
     sizes: Real[np.ndarray, "n_layers n_heads"] | None = None,
     rho: float = 0.5,
-    *,
-    rho_min: float = 0.0,
-    rho_max: float = 1.0,
-    gamma: float = 2.0,
-    floor: float = 0.0,
+    **ceilings: float,
 ) -> Allocation:
     """Inverted (sanity lower bound): CGC-L on the mirrored map δ' = max δ + min δ − δ.
 
     Ranks are exactly reversed and the budget is the same; with equal sizes, no binding ceilings
-    and a density map symmetric about its mid-range, ξ' − ρ = −(ξ − ρ) exactly.
+    and a density map symmetric about its mid-range, ξ' − ρ = −(ξ − ρ) exactly. ``ceilings``
+    are :func:`cgc_l`'s keywords ``rho_min``, ``rho_max``, ``gamma`` and ``floor``.
 
     Example:
         >>> inverted(np.array([[0.2, 0.4], [0.6, 0.8]]), rho=0.5).retention.round(3).tolist()
         [[0.8, 0.6], [0.4, 0.2]]
     """
     d = _density_array(density)
-    return cgc_l(
-        d.max() + d.min() - d,
-        sizes,
-        rho,
-        rho_min=rho_min,
-        rho_max=rho_max,
-        gamma=gamma,
-        floor=floor,
-        method="inverted",
-    )
+    return cgc_l(d.max() + d.min() - d, sizes, rho, **ceilings, method="inverted")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CORPORA", "LOCAL_SPLITS", "SPLITS", "Corpus", "Document", "HubCorpus", "TokenBlocks",
-    "Window", "load_corpus", "sliding_windows", "token_blocks", "token_stream",
+    "Window", "hub_documents", "load_corpus", "sliding_windows", "token_blocks", "token_stream",
 ]
 
 logger = logging.getLogger(__name__)
@@ -255,9 +255,33 @@ def _field(row: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
-def _hub_documents(
-    name: str, spec: HubCorpus, split: str, max_documents: int | None, streaming: bool
+def hub_documents(
+    spec: HubCorpus,
+    *,
+    name: str,
+    split: str = "eval",
+    max_documents: int | None = None,
+    streaming: bool = False,
 ) -> list[Document]:
+    """The documents of one split of a Hugging Face dataset read as ``spec`` says.
+
+    :func:`load_corpus` calls this for the datasets in :data:`CORPORA` and for ``"ORG/NAME"``;
+    call it directly for a dataset that needs a :class:`HubCorpus` of its own (other text or
+    category fields, other split names) without registering it.
+
+    Args:
+        spec: which dataset and how to read it.
+        name: the corpus name: the category of every document when ``spec`` has no
+            ``category_field``, and the prefix of each document's ``id``.
+        split: ``"train"``, ``"calibration"`` or ``"eval"`` (mapped by ``spec.splits``; other
+            names pass through).
+        max_documents: keep at most this many (non-empty) documents.
+        streaming: stream the dataset instead of downloading whole splits (needs network).
+
+    Raises:
+        CgcLensError: the dataset cannot be loaded (offline and not cached, or unknown); the
+            message names the caches searched and how to fix it.
+    """
     import datasets
     from huggingface_hub import constants
 
@@ -339,13 +363,14 @@ def load_corpus(
     if name in EMBEDDED_MODELS:
         docs = _embedded_documents(name, split)
     elif name in CORPORA:
-        docs = _hub_documents(name, CORPORA[name], split, max_documents, streaming)
+        docs = hub_documents(CORPORA[name], name=name, split=split,
+                             max_documents=max_documents, streaming=streaming)
     elif path.exists():
         docs = _local_documents(path, split, category)
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         repo, _, config = name.partition(":")
-        docs = _hub_documents(name, HubCorpus(path=repo, config=config or None), split,
-                              max_documents, streaming)
+        docs = hub_documents(HubCorpus(path=repo, config=config or None), name=name,
+                             split=split, max_documents=max_documents, streaming=streaming)
     else:
         err = unknown_name("corpus", name, [*EMBEDDED_MODELS, *CORPORA])
         raise CgcLensError(f"{err} Or pass an existing local path or a dataset 'ORG/NAME'.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -30,16 +30,22 @@ __all__ = [
 def token_nll(
     logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]
 ) -> Float[Tensor, "batch pos_minus_1"]:
-    """Negative log-likelihood of each next token, in float64-safe float32 log-softmax.
+    """Negative log-likelihood of each next token.
 
     Position ``i`` of the result scores ``tokens[:, i + 1]`` given ``tokens[:, : i + 1]``.
+    The log-softmax runs in the logits' dtype when that is float32 or float64 (float64 stays
+    float64); float16 and bfloat16 logits are upcast to float32 first, as their log-softmax
+    loses too much precision.
 
     Example:
         >>> logits = torch.zeros(1, 3, 4)
         >>> token_nll(logits, torch.tensor([[0, 1, 2]]))
         tensor([[1.3863, 1.3863]])
+        >>> token_nll(logits.double(), torch.tensor([[0, 1, 2]])).dtype
+        torch.float64
     """
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    logits = logits[:, :-1]
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
@@ -48,13 +54,16 @@ def kl_divergence(
 ) -> Float[Tensor, "batch pos"]:
     """KL(ref ‖ other) of the next-token distributions at each position, in nats.
 
+    Computed in float32, or float64 when either input is float64 (half precision is upcast).
+
     Example:
         >>> x = torch.randn(2, 3, 5)
         >>> float(kl_divergence(x, x).abs().max())
         0.0
     """
-    ref_logp = torch.log_softmax(ref_logits.float(), dim=-1)
-    logp = torch.log_softmax(logits.float(), dim=-1)
+    dtype = torch.promote_types(torch.promote_types(ref_logits.dtype, logits.dtype), torch.float32)
+    ref_logp = torch.log_softmax(ref_logits.to(dtype), dim=-1)
+    logp = torch.log_softmax(logits.to(dtype), dim=-1)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
 
 
@@ -179,14 +188,12 @@ def perplexity_result(
 def perplexity(
     model: HookedTransformer,
     tokens: TokenBlocks | Int[Tensor, "batch pos"] | Int[Tensor, " pos"],
-    *,
-    batch_size: int = 8,
-    window: int | None = None,
-    stride: int | None = None,
-    prepend_bos: bool = False,
-    progress: bool = True,
+    **kwargs: Any,
 ) -> float:
-    """Perplexity, ``exp`` of the token-weighted mean NLL; see :func:`perplexity_result`.
+    """Perplexity, ``exp`` of the token-weighted mean NLL.
+
+    Takes the arguments of :func:`perplexity_result` (``batch_size``, ``window``, ``stride``,
+    ``prepend_bos``, ``progress``), which holds their one definition and their checks.
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -198,8 +205,7 @@ def perplexity(
         >>> 1.0 < ppl < 100.0
         True
     """
-    return perplexity_result(model, tokens, batch_size=batch_size, window=window, stride=stride,
-                             prepend_bos=prepend_bos, progress=progress).perplexity
+    return perplexity_result(model, tokens, **kwargs).perplexity
 
 
 def unigram_perplexity(

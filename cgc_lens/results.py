@@ -56,13 +56,20 @@ def versions() -> dict[str, str]:
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Turn configs and results into JSON values: dataclasses → dicts, arrays → lists, Paths and
-    enums → strings, non-finite floats → None (JSON has no NaN).
+    """Turn configs and results into JSON values: objects with a ``to_dict()`` → its dict (so
+    a compress ``Plan`` reads back with ``Plan.from_dict``), other dataclasses → dicts of their
+    fields, arrays → lists, Paths and enums → strings, non-finite floats → None (JSON has no
+    NaN).
 
     Example:
         >>> to_jsonable({"a": (1, 2.5), "b": float("nan"), "c": np.float32(0.5)})
         {'a': [1, 2.5], 'b': None, 'c': 0.5}
+        >>> from cgc_lens.compress import RTN, Plan
+        >>> to_jsonable(Plan.compose(RTN(4)))["steps"][0]["operator"]["operator"]
+        'rtn'
     """
+    if callable(getattr(obj, "to_dict", None)) and not isinstance(obj, type):
+        return to_jsonable(obj.to_dict())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
                 if not f.name.startswith("_")}

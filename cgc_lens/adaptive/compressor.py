@@ -17,7 +17,6 @@ buffers, saved with the weights. The readings behind every choice are in
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,17 +27,16 @@ from typing import Any, Literal
 import torch
 from einops import rearrange
 from jaxtyping import Float
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.attach import SAETarget
+from cgc_lens.serialization import load_folder, save_folder
 from cgc_lens.sites import Site
 
 __all__ = ["AdaptiveCompressor", "CompressorConfig", "n_retained"]
 
 FORMAT = "cgc-lens.adaptive-compressor"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -232,36 +230,21 @@ class AdaptiveCompressor(nn.Module):
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` (weights, g and mask) into ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, path / WEIGHTS_FILE)
         meta = {
-            "format": FORMAT, "sites": [[s.kind, s.layer, s.head] for s in self.sites],
+            "sites": [[s.kind, s.layer, s.head] for s in self.sites],
             "d_in": self.d_in, "d_sae": self.d_sae, "model_name": self.model_name,
             "config": asdict(self.cfg), "extra": extra or {},
         }
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-        return path
+        return save_folder(path, self.state_dict(), meta, fmt=FORMAT)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> AdaptiveCompressor:
         """Inverse of :meth:`save`."""
-        path = Path(path)
-        cfg_file = path / CONFIG_FILE
-        if not cfg_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise CgcLensError(
-                f"Expected a compressor folder with {CONFIG_FILE} and {WEIGHTS_FILE}, got {path}."
-            )
-        meta = json.loads(cfg_file.read_text())
-        if meta.get("format") != FORMAT:
-            raise CgcLensError(
-                f"{cfg_file} is not a {FORMAT} config (format {meta.get('format')!r})."
-            )
+        tensors, meta = load_folder(path, fmt=FORMAT, what="a compressor")
         sites = [Site(kind, layer, head) for kind, layer, head in meta["sites"]]
         comp = cls(sites, meta["d_in"], CompressorConfig(**meta["config"]),
                    model_name=meta.get("model_name"))
-        comp.load_state_dict(load_file(path / WEIGHTS_FILE))
+        comp.load_state_dict(tensors)
         return comp.to(device)
 
 

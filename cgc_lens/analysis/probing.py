@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cgc_lens.data import CORPORA, Corpus, HubCorpus, load_corpus
+from cgc_lens.data import CORPORA, Corpus, HubCorpus, hub_documents, load_corpus
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.models import EMBEDDED_MODELS
 
@@ -308,12 +308,11 @@ def load_probing_corpus(
         raise unknown_name("probing dataset", name, [*PROBING_DATASETS, *EMBEDDED_MODELS])
     # load_corpus reads only the corpora registered in data.CORPORA; these parts go through
     # the same reader (and its offline error) until they are registered there.
-    from cgc_lens.data import _hub_documents
-
     spec = PROBING_DATASETS[name]
     docs = []
     for part_name, hub in spec.parts:
-        docs += _hub_documents(part_name, hub, split, max_documents, spec.streaming)
+        docs += hub_documents(hub, name=part_name, split=split, max_documents=max_documents,
+                              streaming=spec.streaming)
     if spec.classes is not None:
         docs = [d for d in docs if d.category in spec.classes]
     return Corpus(name=name, split=split, documents=tuple(docs))

@@ -16,7 +16,6 @@ so :meth:`BatchedTopKSAE.to_saelens` exports any one SAE exactly.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,10 +24,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from einops import rearrange
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from cgc_lens.errors import CgcLensError, unknown_name
+from cgc_lens.serialization import load_folder, save_folder
 from cgc_lens.sites import Head, Site
 
 if TYPE_CHECKING:
@@ -278,28 +277,14 @@ class BatchedTopKSAE(nn.Module):
     # --- persistence and export ---------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``weights.safetensors`` into the folder ``path``."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, path / WEIGHTS_FILE)
-        meta = {"format": FORMAT, **self.cfg.to_json()}
-        (path / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
-        return path
+        return save_folder(path, self.state_dict(), self.cfg.to_json(), fmt=FORMAT)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> BatchedTopKSAE:
         """Inverse of :meth:`save`."""
-        path = Path(path)
-        cfg_file = path / CONFIG_FILE
-        if not cfg_file.is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise CgcLensError(
-                f"Expected a batched SAE folder with {CONFIG_FILE} and {WEIGHTS_FILE}, got {path}."
-            )
-        meta = json.loads(cfg_file.read_text())
-        if meta.pop("format", None) != FORMAT:
-            raise CgcLensError(f"{cfg_file} is not a {FORMAT} config.")
+        tensors, meta = load_folder(path, fmt=FORMAT, what="a batched SAE")
         sae = cls(BatchedSAEConfig.from_json(meta))
-        sae.load_state_dict(load_file(path / WEIGHTS_FILE))
+        sae.load_state_dict(tensors)
         return sae.to(device)
 
     def to_saelens(self, site: int | Site | Head | str) -> TopKSAE:

@@ -10,7 +10,13 @@ from fake_assets import bpe_tokenizer, tiny_gpt2
 
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.metrics import PerplexityResult, perplexity, perplexity_result, token_nll
+from cgc_lens.metrics import (
+    PerplexityResult,
+    kl_divergence,
+    perplexity,
+    perplexity_result,
+    token_nll,
+)
 from cgc_lens.models import load_model
 
 RTOL = 1e-5  # the issue's bar: agree with the references to 1e-5 relative
@@ -177,3 +183,45 @@ def test_token_nll_unchanged():
     logits = torch.zeros(1, 3, 4)
     torch.testing.assert_close(token_nll(logits, torch.tensor([[0, 1, 2]])),
                                torch.full((1, 2), math.log(4)))
+
+
+def test_token_nll_keeps_float64_against_a_naive_float64_loop():
+    gen = torch.Generator().manual_seed(0)
+    # logits far apart: a float32 log-softmax would be off by ~1e-6 relative, float64 by ~1e-15
+    logits = torch.randn(2, 5, 7, generator=gen, dtype=torch.float64) * 30
+    tokens = torch.randint(0, 7, (2, 5), generator=gen)
+    nll = token_nll(logits, tokens)
+    naive = torch.empty(2, 4, dtype=torch.float64)
+    for b in range(2):
+        for i in range(4):
+            row = logits[b, i].tolist()
+            top = max(row)
+            log_z = top + math.log(math.fsum(math.exp(x - top) for x in row))
+            naive[b, i] = log_z - row[int(tokens[b, i + 1])]
+    assert nll.dtype == torch.float64
+    torch.testing.assert_close(nll, naive, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_token_nll_computes_low_precision_logits_in_float32(dtype):
+    logits = torch.randn(1, 4, 9).to(dtype)
+    tokens = torch.randint(0, 9, (1, 4))
+    nll = token_nll(logits, tokens)
+    assert nll.dtype == torch.float32
+    expected = token_nll(logits.double(), tokens).float()
+    torch.testing.assert_close(nll, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_kl_divergence_against_scipy_in_float64():
+    """KL per position equals scipy.stats.entropy(p, q) of the softmaxes; float64 stays float64."""
+    from scipy.stats import entropy
+
+    gen = torch.Generator().manual_seed(3)
+    ref = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64) * 4
+    other = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64) * 4
+    kl = kl_divergence(ref, other)
+    assert kl.dtype == torch.float64
+    p, q = ref.softmax(-1).numpy(), other.softmax(-1).numpy()
+    expected = entropy(p, q, axis=-1)
+    assert torch.allclose(kl, torch.from_numpy(expected), rtol=1e-12, atol=1e-14)
+    assert kl_divergence(ref.half(), other.half()).dtype == torch.float32
