@@ -29,10 +29,9 @@ from cgc_lens.adaptive.compressor import AdaptiveCompressor, n_retained
 from cgc_lens.adaptive.objective import Contrastive, compressor_loss, retention
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.per_head import BatchedTopKSAE
-from cgc_lens.saes.train import TrainConfig
 
-# The TopK loss with AuxK of our SAE trainer; train_batched itself needs all activations stored.
-from cgc_lens.saes.train import _step as topk_loss
+# topk_loss: our SAE trainer's TopK + AuxK loss (train_batched itself needs all activations stored).
+from cgc_lens.saes.train import TrainConfig, topk_loss
 from cgc_lens.streaming import run_sites
 
 if TYPE_CHECKING:

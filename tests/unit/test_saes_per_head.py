@@ -4,6 +4,7 @@ training one at a time, save/load, SAELens export."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from cgc_lens.saes import (
     site_activations,
     train_batched,
 )
+from cgc_lens.saes.train import topk_loss, topk_loss_dense
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -81,6 +83,62 @@ def test_batched_training_equals_training_each_sae_alone():
     assert res.losses[-1] < res.losses[0]
 
 
+def _loss_and_grads(loss_fn, sae, x, since_fired, cfg, *, dead_after, scale):
+    sae = copy.deepcopy(sae)
+    since_fired = since_fired.clone()
+    loss = loss_fn(sae, x, since_fired, cfg, dead_after)
+    (loss * scale).backward()
+    grads = {name: getattr(sae, name).grad for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    return loss.detach(), grads, since_fired
+
+
+@pytest.mark.parametrize(
+    ("n_dead", "aux_k", "head_chunk"),
+    [(0, None, None), (3, None, 2), (3, 5, 1), (12, 5, 2), (12, 5, None), (24, 5, 4)],
+)
+def test_sparse_kernel_equals_dense_autograd(n_dead, aux_k, head_chunk):
+    """The sparse, chunked kernel gives the dense autograd loss and gradients (and the same
+    dead-latent bookkeeping): no dead latent; fewer dead than aux_k (all taken); more (top-k
+    among the dead); every latent dead; chunks of 1, 2, 4 and all of 5 heads."""
+    sae = _sae(n=5, d_in=6, d_sae=24, k=4, seed=1)
+    with torch.no_grad():  # SAE 2 mostly silent: top-k entries ≤ 0 get no gradient
+        sae.b_enc[2] -= 3.0
+    x = torch.randn(5, 16, 6) * 2 + 0.5
+    since_fired = torch.zeros(5, 24, dtype=torch.long)
+    since_fired[:, :n_dead] = 1000  # stays dead unless it fires on this batch
+    since_fired[0] = 0  # SAE 0 has no dead latent: its AuxK term has no gradient
+    cfg = TrainConfig(aux_k=aux_k, head_chunk=head_chunk, aux_k_coef=0.25)
+    dense = _loss_and_grads(topk_loss_dense, sae, x, since_fired, cfg, dead_after=64, scale=3.0)
+    sparse = _loss_and_grads(topk_loss, sae, x, since_fired, cfg, dead_after=64, scale=3.0)
+    torch.testing.assert_close(sparse[0], dense[0], atol=1e-5, rtol=1e-5)
+    for name, grad in dense[1].items():
+        torch.testing.assert_close(sparse[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    torch.testing.assert_close(sparse[2], dense[2], atol=0, rtol=0)
+    if n_dead:  # the AuxK loss was on: it moved the dead latents' decoder rows
+        assert float(dense[1]["W_dec"][1:, :n_dead].abs().sum()) > 0
+    with torch.no_grad():
+        since = since_fired.clone()
+        torch.testing.assert_close(topk_loss(sae, x, since, cfg, 64), dense[0], atol=1e-5,
+                                   rtol=1e-5)
+        torch.testing.assert_close(since, dense[2], atol=0, rtol=0)
+
+
+def test_sparse_and_dense_training_agree():
+    sae = _sae(n=3)
+    acts = torch.randn(3, 200, 6) + 0.3
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-3, dead_after_tokens=64, log_every=7)
+    runs = {}
+    for kernel in ("sparse", "dense"):
+        runs[kernel] = copy.deepcopy(sae)
+        res = train_batched(runs[kernel], acts, replace(cfg, kernel=kernel), progress=False)
+        runs[kernel + "_losses"] = res.losses
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        torch.testing.assert_close(getattr(runs["sparse"], name), getattr(runs["dense"], name),
+                                   atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.tensor(runs["sparse_losses"]),
+                               torch.tensor(runs["dense_losses"]), atol=1e-4, rtol=1e-4)
+
+
 def test_fit_on_model_learns(tiny_model):
     tokens = torch.randint(0, 61, (16, 32))
     cfg = BatchedSAEConfig.for_heads(tiny_model, layers=[1], expansion=4, k=4)
@@ -131,6 +189,12 @@ def test_config_validation():
         BatchedSAEConfig(sites=(), d_in=4, d_sae=8)
     with pytest.raises(CgcLensError, match="init_b_dec"):
         TrainConfig(init_b_dec="median")
+    # (an unknown kernel name is refused by TrainConfig's check, and first by the jaxtyping
+    # type check that pytest runs: both messages name the field)
+    with pytest.raises(Exception, match="kernel"):
+        TrainConfig(kernel="fast")
+    with pytest.raises(CgcLensError, match="head_chunk"):
+        TrainConfig(head_chunk=0)
     with pytest.raises(CgcLensError, match=r"\[n=3, tokens, d_in=6\]"):
         train_batched(_sae(), torch.randn(2, 10, 6), progress=False)
     with pytest.raises(CgcLensError, match=r"n=3, d_in=6"):
