@@ -73,7 +73,9 @@ def add_config_arguments(
         default = f.default if f.default is not dataclasses.MISSING else None
         if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
             default = f.default_factory()  # type: ignore[misc]
-        help_text = f"{docs.get(f.name, '')} (default: {default!r})"
+        # argparse %-formats help strings (for %(default)s): a literal '%' in a docstring
+        # ("1% of tokens") or a default would make --help raise, so it is doubled.
+        help_text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if tp is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
