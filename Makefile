@@ -32,7 +32,7 @@ test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check cgc_lens tests scripts benchmarks
+	$(VENV)/bin/ruff check cgc_lens tests scripts benchmarks notebooks
 
 bench: setup
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done

@@ -17,8 +17,9 @@ from cgc_lens.compress import (
 )
 from cgc_lens.data import Corpus, TokenBlocks, load_corpus, sliding_windows, token_blocks
 from cgc_lens.errors import CgcLensError
+from cgc_lens.experiments import head_density
 from cgc_lens.metrics import kl_divergence, perplexity, perplexity_result, token_nll
-from cgc_lens.models import embedded_asset_dir, load_model, load_tokenizer
+from cgc_lens.models import embedded_asset_dir, load_model, load_model_shape, load_tokenizer
 from cgc_lens.probes import run_probes
 from cgc_lens.sites import MLP, Head, Site, hook_name
 
@@ -47,11 +48,13 @@ __all__ = [
     "compress_permanently_",
     "compressed",
     "embedded_asset_dir",
+    "head_density",
     "hook_name",
     "inverted",
     "kl_divergence",
     "load_corpus",
     "load_model",
+    "load_model_shape",
     "load_tokenizer",
     "match_level",
     "perplexity",

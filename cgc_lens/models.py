@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
-    "EMBEDDED_MODELS", "embedded_asset_dir", "load_model", "load_tokenizer", "resolve_dtype",
+    "EMBEDDED_MODELS", "embedded_asset_dir", "load_model", "load_model_shape", "load_tokenizer",
+    "resolve_dtype",
 ]
 
 logger = logging.getLogger(__name__)
@@ -312,6 +313,61 @@ def load_model(
     model.eval()
     logger.info("loaded %s (%s layers, d_model %s)", name, model.cfg.n_layers, model.cfg.d_model)
     return model
+
+
+def load_model_shape(name_or_path: str | Path) -> HookedTransformer:
+    """A weightless HookedTransformer with a model's config and hook points, on the meta device.
+
+    For checking SAEs, hook names and compression targets against models too large to load
+    here (Gemma-2-2B on a laptop): only the config is read (from TransformerLens's tables, the
+    Hugging Face cache, or the folder); no weights are read or allocated. It cannot run.
+
+    Raises:
+        CgcLensError: as :func:`load_model` (unknown name, bad folder, config missing offline).
+
+    Example:
+        >>> shape = load_model_shape("cgc-tiny")
+        >>> shape.cfg.d_model, shape.W_Q.device.type, "blocks.2.hook_resid_post" in shape.hook_dict
+        (128, 'meta', True)
+    """
+    import dataclasses
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import loading_from_pretrained as loading
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name in EMBEDDED_MODELS or (path.is_dir() and _is_embedded_layout(path)):
+        folder = embedded_asset_dir(name) if name in EMBEDDED_MODELS else path
+        kwargs = json.loads((_require_embedded(folder) / "config.json").read_text())
+        kwargs.pop("device", None)
+        try:
+            cfg = HookedTransformerConfig(**kwargs)
+        except (TypeError, ValueError, AssertionError) as err:
+            raise CgcLensError(f"Bad HookedTransformerConfig in {folder / 'config.json'}: "
+                               f"{err}") from err
+    elif path.is_dir():
+        from transformers import AutoConfig
+
+        try:
+            hf_cfg = AutoConfig.from_pretrained(str(path)).to_dict()
+            cfg = loading.get_pretrained_model_config(str(path), hf_cfg=hf_cfg, device="meta")
+        except (OSError, ValueError, AttributeError, KeyError) as err:
+            raise CgcLensError(f"Expected a Hugging Face config.json TransformerLens can read in "
+                               f"{path}: {type(err).__name__}: {str(err)[:300]}") from err
+    else:
+        official = _official_name(name)
+        if official is None:
+            raise _unknown_model(name)
+        try:
+            cfg = loading.get_pretrained_model_config(official, device="meta")
+        except OSError as err:
+            raise _missing_error(name, official, "model", err) from err
+    cfg = dataclasses.replace(cfg, device="meta", tokenizer_name=None)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*", category=DeprecationWarning)
+        model = HookedTransformer(cfg, move_to_device=False)
+    return model.eval()
 
 
 def _load_pretrained(

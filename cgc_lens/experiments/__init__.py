@@ -2,6 +2,7 @@
 
 from cgc_lens.experiments.adaptive import AdaptiveResult, AdaptiveStudyConfig, run_adaptive
 from cgc_lens.experiments.capability import CapabilityConfig, CapabilityResult, run_capability
+from cgc_lens.experiments.capability_passes import head_density
 from cgc_lens.experiments.survival import SurvivalConfig, SurvivalResult, run_survival
 
 __all__ = [
@@ -11,6 +12,7 @@ __all__ = [
     "CapabilityResult",
     "SurvivalConfig",
     "SurvivalResult",
+    "head_density",
     "run_adaptive",
     "run_capability",
     "run_survival",

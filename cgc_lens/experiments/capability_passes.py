@@ -8,6 +8,8 @@
 - :class:`KLFitness`: CGC-F's fitness, KL(dense ‖ compressed) on calibration tokens, with the
   dense log-probabilities cached once.
 - :func:`evaluate_allocations`: perplexity, KL and probes of each allocation on held-out tokens.
+- :func:`head_density`: the capability density of every head from token blocks in one call
+  (the calibration pass and :func:`~cgc_lens.analysis.capability_density`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -26,10 +29,16 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from cgc_lens.ablation import _logp, _losses
-from cgc_lens.analysis.density import FeatureAccumulator
+from cgc_lens.analysis.density import (
+    DensityConfig,
+    DensityResult,
+    FeatureAccumulator,
+    capability_density,
+)
 from cgc_lens.analysis.streaming_stats import PearsonAccumulator
 from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
+from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.probes import run_probes
 from cgc_lens.saes.per_head import BatchedTopKSAE
@@ -39,10 +48,12 @@ from cgc_lens.streaming import iter_batches, run_sites
 __all__ = [
     "CalibrationStats",
     "KLFitness",
+    "block_labels",
     "calibration_pass",
     "destruction",
     "effective_z_maps",
     "evaluate_allocations",
+    "head_density",
     "sae_order",
 ]
 
@@ -185,6 +196,61 @@ def calibration_pass(
     return CalibrationStats(features=acc, z_sum_sq=z_sq, z_sum=z_sum, n_tokens=state["tokens"],
                             survival=surv, survival_counts=counts,
                             survival_tokens=state["survival"])
+
+
+def block_labels(
+    blocks: TokenBlocks, mode: Literal["auto", "corpus", "block"] = "auto"
+) -> tuple[Int[Tensor, " n_blocks"], str]:
+    """The category of each block for Def 3's cross-input pairs, and the mode used.
+
+    ``corpus``: the corpus's categories (needs >= 2); ``block``: every block its own category
+    (a corpus without categories, such as WikiText); ``auto``: ``corpus`` when there are >= 2.
+    """
+    names = list(dict.fromkeys(blocks.categories))
+    if mode == "auto":
+        mode = "corpus" if len(names) >= 2 else "block"
+    if mode == "corpus":
+        if len(names) < 2:
+            raise CgcLensError(f"consistency_categories='corpus' needs calibration blocks of >= 2 "
+                               f"categories, got {names}; use 'block' or 'auto'.")
+        return torch.tensor([names.index(c) for c in blocks.categories]), mode
+    if mode != "block":
+        raise CgcLensError(f"Expected mode 'auto', 'corpus' or 'block', got {mode!r}.")
+    return torch.arange(len(blocks)), mode
+
+
+def head_density(
+    model: HookedTransformer,
+    blocks: TokenBlocks,
+    sae: BatchedTopKSAE,
+    *,
+    categories: Literal["auto", "corpus", "block"] = "auto",
+    config: DensityConfig | None = None,
+    sample_per_category: int = 128,
+    seed: int = 0,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> DensityResult:
+    """Capability density of every head (Def 4) from calibration blocks and per-head SAEs.
+
+    One streamed pass reads ``hook_z`` of every layer, encodes each head with its SAE and
+    accumulates breadth, entropy and the cross-input consistency sample (``sample_per_category``
+    tokens per category, drawn by ``seed``; categories as in :func:`block_labels`).
+
+    Example:
+        >>> from cgc_lens import load_model, token_blocks
+        >>> from cgc_lens.saes import load_batched_sae
+        >>> model = load_model("cgc-tiny", device="cpu")
+        >>> blocks = token_blocks("cgc-tiny", model, block_len=64, n_blocks=8, split="calibration")
+        >>> res = head_density(model, blocks, load_batched_sae("cgc-tiny"), progress=False)
+        >>> tuple(res.density.shape)
+        (4, 4)
+    """
+    labels, _ = block_labels(blocks, categories)
+    stats = calibration_pass(model, blocks.tokens, labels, sae,
+                             sample_per_category=sample_per_category, seed=seed,
+                             batch_size=batch_size, progress=progress)
+    return capability_density(stats.features, config)
 
 
 class KLFitness:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.stats
-import torch
 
 from cgc_lens.ablation import head_ablation, head_prune_sweep
 from cgc_lens.allocate import Allocation, cgc_f, cgc_l, inverted, uniform
@@ -29,6 +28,7 @@ from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.capability_passes import (
     CalibrationStats,
     KLFitness,
+    block_labels,
     calibration_pass,
     destruction,
     effective_z_maps,
@@ -71,19 +71,6 @@ def _blocks(config: CapabilityConfig, model: HookedTransformer, split: str, *, n
         raise CgcLensError(f"Expected at least one block of {block_len} tokens in {split} "
                            f"tokens, got {n_tokens} tokens.")
     return token_blocks(corpus, model, block_len=block_len, n_blocks=n_blocks, seed=seed)
-
-
-def _block_categories(config: CapabilityConfig, blocks: TokenBlocks) -> tuple[torch.Tensor, str]:
-    names = list(dict.fromkeys(blocks.categories))
-    mode = config.consistency_categories
-    if mode == "auto":
-        mode = "corpus" if len(names) >= 2 else "block"
-    if mode == "corpus":
-        if len(names) < 2:
-            raise CgcLensError(f"consistency_categories='corpus' needs calibration blocks of >= 2 "
-                               f"categories, got {names}; use 'block' or 'auto'.")
-        return torch.tensor([names.index(c) for c in blocks.categories]), mode
-    return torch.arange(len(blocks)), mode
 
 
 def _saes(config: CapabilityConfig, model: HookedTransformer,
@@ -222,7 +209,7 @@ def run_study(config: CapabilityConfig, *, model: HookedTransformer | None = Non
     if evaluation is None:
         evaluation = _blocks(config, model, config.eval_split, n_tokens=config.eval_tokens,
                              block_len=block_len, seed=config.seed + 1, categories=None)
-    cats, cat_mode = _block_categories(config, calibration)
+    cats, cat_mode = block_labels(calibration, config.consistency_categories)
     lap("load")
     sae = sae if sae is not None else _saes(config, model, calibration)
     lap("saes")

@@ -8,11 +8,18 @@ from pathlib import Path
 import pytest
 import torch
 from fake_assets import bpe_tokenizer, tiny_gpt2, tiny_neox, write_fake_embedded
+from fake_releases import gpt2_config_files
 from hub_cache import offline_hub, repo_folder, write_hub_snapshot
 
 from cgc_lens import models
 from cgc_lens.errors import CgcLensError
-from cgc_lens.models import embedded_asset_dir, load_model, load_tokenizer, resolve_dtype
+from cgc_lens.models import (
+    embedded_asset_dir,
+    load_model,
+    load_model_shape,
+    load_tokenizer,
+    resolve_dtype,
+)
 
 
 @pytest.fixture
@@ -162,3 +169,26 @@ def test_local_hf_directory_without_n_ctx_says_what_to_add(tmp_path):
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CgcLensError, match="n_ctx"):
         load_model(folder, device="cpu")
+
+
+def test_model_shape_matches_the_loaded_model_without_weights(fake_assets, tmp_path):
+    shape, model = load_model_shape("cgc-tiny"), load_model("cgc-tiny", device="cpu")
+    assert shape.cfg.d_model == model.cfg.d_model and shape.cfg.n_layers == model.cfg.n_layers
+    assert set(shape.hook_dict) == set(model.hook_dict)
+    assert {n: p.shape for n, p in shape.named_parameters()} == {
+        n: p.shape for n, p in model.named_parameters()}
+    assert all(p.device.type == "meta" for p in shape.parameters())
+    tiny_gpt2().save_pretrained(tmp_path / "hf")  # a local HF folder: config only is read
+    assert load_model_shape(tmp_path / "hf").cfg.d_model == tiny_gpt2().config.n_embd
+
+
+def test_model_shape_by_name_reads_only_the_config(tmp_path, monkeypatch):
+    hub = offline_hub(monkeypatch, tmp_path / "hf")
+    write_hub_snapshot(hub, "gpt2", gpt2_config_files())  # no weights in the cache
+    shape = load_model_shape("gpt2")
+    assert (shape.cfg.n_layers, shape.cfg.d_model, shape.cfg.d_vocab) == (12, 768, 50257)
+    assert shape.W_E.device.type == "meta"
+    with pytest.raises(CgcLensError, match=r"gpt2-medium.*HF_HUB_OFFLINE"):
+        load_model_shape("gpt2-medium")
+    with pytest.raises(CgcLensError, match="Unknown model 'gtp2'"):
+        load_model_shape("gtp2")

@@ -3,14 +3,18 @@ validation of SAEs against the model they are attached to."""
 
 from __future__ import annotations
 
-import io
-import json
-
-import numpy as np
 import pytest
 import torch
+from fake_releases import (
+    GEMMA_PATH,
+    GEMMA_REPO,
+    KK_REPO,
+    PYTHIA_REPO,
+    gemma_scope_npz,
+    kk_files,
+    pythia_res_sm_files,
+)
 from hub_cache import offline_hub, write_hub_snapshot
-from safetensors.torch import save as save_safetensors
 
 from cgc_lens import CgcLensError, Site
 from cgc_lens.saes import (
@@ -25,70 +29,15 @@ from cgc_lens.saes import (
 from cgc_lens.saes import loading as loading_mod
 from conftest import make_tiny_model
 
-GEMMA_REPO, GEMMA_PATH = "google/gemma-scope-2b-pt-res", "layer_12/width_16k/average_l0_82"
-PYTHIA_REPO, PYTHIA_PATH = "ctigges/pythia-70m-deduped__res-sm_processed", "4-res-sm"
-KK_REPO = "ckkissane/attn-saes-gpt2-small-all-layers"
-KK_FILE = (  # the release's file for blocks.5.hook_z
-    "gpt2-small_L5_Hcat_z_lr1.20e-03_l11.00e+00_ds49152_bs4096_dc1.00e-06_rsanthropic_rie25000_nr4_v9"
-)
-
-
-def _gemma_npz() -> bytes:
-    """Gemma Scope params.npz with the real shapes (d_in 2304, d_sae 16384), int8 in {0, 1}.
-
-    One-hot encoder columns compress to ~160 kB and save in about a second; random {-1, 0, 1}
-    would be ~18 MB and take ~10 s to compress.
-    """
-    rng = np.random.default_rng(0)
-    w_enc = np.zeros((2304, 16384), np.int8)
-    w_enc[rng.integers(0, 2304, 16384), np.arange(16384)] = 1
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf, W_enc=w_enc, W_dec=np.ascontiguousarray(w_enc.T), b_enc=np.zeros(16384, np.int8),
-        b_dec=np.zeros(2304, np.int8), threshold=np.zeros(16384, np.int8),
-    )
-    return buf.getvalue()
-
-
-def _pythia_files(d_sae: int = 64) -> dict[str, bytes | str]:
-    """A pre-6.0 SAELens folder like the real res-sm release (d_sae shrunk from 32768)."""
-    gen = torch.Generator().manual_seed(0)
-    weights = {
-        "W_enc": torch.randn(512, d_sae, generator=gen) / 20,
-        "W_dec": torch.randn(d_sae, 512, generator=gen) / 20,
-        "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(512),
-    }
-    cfg = {
-        "model_name": "pythia-70m-deduped", "hook_point": "blocks.4.hook_resid_post",
-        "hook_point_layer": 4, "d_in": 512, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
-        "apply_b_dec_to_input": True, "context_size": 128, "activation_fn_str": "relu",
-    }
-    return {f"{PYTHIA_PATH}/cfg.json": json.dumps(cfg),
-            f"{PYTHIA_PATH}/sae_weights.safetensors": save_safetensors(weights)}
-
-
-def _kk_files(d_sae: int = 64) -> dict[str, bytes | str]:
-    """Connor & Rob's hook_z format: a torch .pt state dict plus ``_cfg.json`` (d_sae shrunk)."""
-    gen = torch.Generator().manual_seed(1)
-    weights = {
-        "W_enc": torch.randn(768, d_sae, generator=gen) / 20,
-        "W_dec": torch.randn(d_sae, 768, generator=gen) / 20,
-        "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(768),
-    }
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    cfg = {"act_size": 768, "dict_size": d_sae, "act_name": "blocks.5.attn.hook_z"}
-    return {f"{KK_FILE}.pt": buf.getvalue(), f"{KK_FILE}_cfg.json": json.dumps(cfg)}
-
 
 @pytest.fixture(scope="session")
 def hf_home(tmp_path_factory: pytest.TempPathFactory):
     """One hub-layout cache with the three named releases, written once per session."""
     home = tmp_path_factory.mktemp("hf")
     hub = home / "hub"
-    write_hub_snapshot(hub, GEMMA_REPO, {f"{GEMMA_PATH}/params.npz": _gemma_npz()})
-    write_hub_snapshot(hub, PYTHIA_REPO, _pythia_files())
-    write_hub_snapshot(hub, KK_REPO, _kk_files())
+    write_hub_snapshot(hub, GEMMA_REPO, {f"{GEMMA_PATH}/params.npz": gemma_scope_npz()})
+    write_hub_snapshot(hub, PYTHIA_REPO, pythia_res_sm_files())
+    write_hub_snapshot(hub, KK_REPO, kk_files())
     return home
 
 
