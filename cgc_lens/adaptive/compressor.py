@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.attach import SAETarget
+from cgc_lens.saes.per_head import tied_unit_init
 from cgc_lens.serialization import load_folder, save_folder
 from cgc_lens.sites import Site
 
@@ -133,11 +134,9 @@ class AdaptiveCompressor(nn.Module):
         self.d_sae = cfg.d_sae or d_in
         n, d_sae = len(sites), self.d_sae
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
-        # Unit-norm decoder rows, encoder = decoder transposed (Gao et al. 2024), as our TopK SAEs.
-        w_dec = torch.randn(n, d_sae, d_in, generator=gen)
-        w_dec /= w_dec.norm(dim=-1, keepdim=True)
+        w_enc, w_dec = tied_unit_init(n, d_in, d_sae, gen)  # as our TopK SAEs
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.transpose(1, 2).clone().contiguous())
+        self.W_enc = nn.Parameter(w_enc)
         self.ln_w = nn.Parameter(torch.ones(n, d_in))
         self.ln_b = nn.Parameter(torch.zeros(n, d_in))
         self.b_enc = nn.Parameter(torch.zeros(n, d_sae)) if cfg.bias else None

@@ -114,6 +114,24 @@ class BatchedSAEConfig:
         return cls(**data)
 
 
+def tied_unit_init(
+    n: int, d_in: int, d_sae: int, gen: torch.Generator | None = None
+) -> tuple[Float[Tensor, "n d_in d_sae"], Float[Tensor, "n d_sae d_in"]]:
+    """Gao et al. (2024) init of ``n`` SAEs: unit-norm random decoder rows, encoder = decoder
+    transposed. Returns ``(W_enc, W_dec)``.
+
+    Example:
+        >>> w_enc, w_dec = tied_unit_init(2, 3, 5)
+        >>> bool(torch.allclose(w_dec.norm(dim=-1), torch.ones(2, 5)))
+        True
+        >>> bool((w_enc == w_dec.mT).all())
+        True
+    """
+    w_dec = torch.randn(n, d_sae, d_in, generator=gen)
+    w_dec /= w_dec.norm(dim=-1, keepdim=True)
+    return w_dec.transpose(1, 2).clone().contiguous(), w_dec
+
+
 def _as_slice(idx: Sequence[int]) -> slice | None:
     """``idx`` as a slice when it is a contiguous increasing run (a view, not a copy)."""
     idx = list(idx)
@@ -141,11 +159,9 @@ class BatchedTopKSAE(nn.Module):
         self.cfg = cfg
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         n, d_in, d_sae = cfg.n, cfg.d_in, cfg.d_sae
-        # Gao et al. (2024) init: unit-norm decoder rows, encoder = decoder transposed.
-        w_dec = torch.randn(n, d_sae, d_in, generator=gen)
-        w_dec /= w_dec.norm(dim=-1, keepdim=True)
+        w_enc, w_dec = tied_unit_init(n, d_in, d_sae, gen)
         self.W_dec = nn.Parameter(w_dec)
-        self.W_enc = nn.Parameter(w_dec.transpose(1, 2).clone().contiguous())
+        self.W_enc = nn.Parameter(w_enc)
         self.b_enc = nn.Parameter(torch.zeros(n, d_sae))
         self.b_dec = nn.Parameter(torch.zeros(n, d_in))
 
