@@ -6,9 +6,18 @@ Target (issue 3): ``with compressed(model, RTN(b)): pass`` costs at most 3x
 Run by hand:  python benchmarks/bench_compress.py [--reps-small 100] [--reps-large 3]
               [--vocab 2048] [--skip-large] [--threads 1]
 Embeddings are never touched, so the GPT-2-medium shape uses a shrunk vocabulary (--vocab).
-Freed memory is handed back to the OS before every timed call (glibc ``malloc_trim``), so
-clone() and the snapshot both allocate fresh pages; the calls are interleaved so that both see
-the same machine load. Medians are the figures to quote; mins show the noise floor.
+
+Two memory regimes. "fresh" (the target's): a full ``gc.collect()`` and glibc ``malloc_trim``
+before every timed call, so clone() and the snapshot both fault in fresh pages from cold caches,
+as between the evaluations of a sweep. "reused" (cgc-tiny only): calls back to back, freed
+memory reused and caches warm; clone() is then a bare memcpy and the ratio shows the fixed cost
+of quantizing (two reductions and three elementwise passes) and of Python.
+
+Each call is timed twice: wall clock and this thread's CPU time (``time.thread_time``). With
+``--threads 1`` the CPU time is the cost of the call; on a shared machine the wall clock also
+holds time spent preempted, which grows faster than linearly once a call outlasts a scheduler
+slice (a few ms), so wall-clock ratios of medians overstate the cost of the longer call.
+The calls are interleaved so that all see the same load. Quote medians with the IQR.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -38,19 +48,28 @@ def _release_freed_memory() -> None:
         pass
 
 
-def _interleaved(fns: list[Callable[[], object]], reps: int) -> list[list[float]]:
-    """Seconds per call of each of ``fns``, taken in turn so that all see the same load."""
+def _interleaved(
+    fns: list[Callable[[], object]], reps: int, fresh: bool = True
+) -> list[tuple[list[float], list[float]]]:
+    """(wall, CPU) seconds per call of each of ``fns``, taken in turn so all see the same load."""
     for fn in fns:
         fn()  # warm-up
-    times: list[list[float]] = [[] for _ in fns]
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in fns]
     for _ in range(reps):
-        for fn, out in zip(fns, times, strict=True):
-            gc.collect()
-            _release_freed_memory()
-            start = time.perf_counter()
+        for fn, (wall, cpu) in zip(fns, times, strict=True):
+            if fresh:
+                gc.collect()
+                _release_freed_memory()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             fn()
-            out.append(time.perf_counter() - start)
+            cpu.append(time.thread_time() - start_cpu)
+            wall.append(time.perf_counter() - start)
     return times
+
+
+def _ms(t: list[float]) -> str:
+    q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive")
+    return f"{med * 1e3:8.3f} ms [{q1 * 1e3:.3f}-{q3 * 1e3:.3f}]"
 
 
 def _random_model(**shape: int) -> HookedTransformer:
@@ -76,8 +95,9 @@ def _cgc_tiny() -> tuple[str, HookedTransformer]:
 
 
 def bench(
-    label: str, model: HookedTransformer, reps: int, bits: int = 6
-) -> dict[str, float]:
+    label: str, model: HookedTransformer, reps: int, bits: int = 6, fresh: bool = True
+) -> dict[str, tuple[float, float]]:
+    """Print and return ``{mode: (wall ratio, CPU ratio)}`` of medians against clone()."""
     touched = [model.get_parameter(r.param) for r in Targets().resolve(model)]
     checked = [*touched[:4], touched[-1]]
     before = [p.detach().clone() for p in checked]
@@ -93,21 +113,20 @@ def bench(
 
         return run
 
-    t_clone, t_copy, t_swap = _interleaved(
-        [clone, apply_restore("copy"), apply_restore("swap")], reps
-    )
+    results = _interleaved([clone, apply_restore("copy"), apply_restore("swap")], reps, fresh)
     exact = all(torch.equal(a, b) for a, b in zip(before, checked, strict=True))
-    print(f"{label}: {len(touched)} tensors, {n / 1e6:.1f}M params, {reps} reps, "
-          f"restored exactly: {exact}")
-    print(f"  {'clone()':28s} median {statistics.median(t_clone) * 1e3:9.3f} ms"
-          f"  min {min(t_clone) * 1e3:9.3f} ms")
+    print(f"{label}, {'fresh' if fresh else 'reused'} memory: {len(touched)} tensors, "
+          f"{n / 1e6:.1f}M params, {reps} reps, restored exactly: {exact}")
+    print(f"  {'median [IQR]':30s} {'wall':>27s} {'CPU (thread_time)':>27s}   ratio wall / CPU")
     ratios = {}
-    for mode, t in (("copy", t_copy), ("swap", t_swap)):
-        ratios[mode] = statistics.median(t) / statistics.median(t_clone)
+    (c_wall, c_cpu), *rest = results
+    print(f"  {'clone()':30s} {_ms(c_wall):>27s} {_ms(c_cpu):>27s}")
+    for mode, (wall, cpu) in zip(("copy", "swap"), rest, strict=True):
+        ratios[mode] = (statistics.median(wall) / statistics.median(c_wall),
+                        statistics.median(cpu) / statistics.median(c_cpu))
         name = f"RTN{bits} apply+restore {mode!r}"
-        print(f"  {name:28s} median {statistics.median(t) * 1e3:9.3f} ms"
-              f"  min {min(t) * 1e3:9.3f} ms  ratio median {ratios[mode]:.2f}x"
-              f"  min {min(t) / min(t_clone):.2f}x  (target <= 3)")
+        print(f"  {name:30s} {_ms(wall):>27s} {_ms(cpu):>27s}   "
+              f"{ratios[mode][0]:.2f}x / {ratios[mode][1]:.2f}x  (target <= 3)")
     return ratios
 
 
@@ -121,9 +140,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {load}")
     label, tiny = _cgc_tiny()
     bench(label, tiny, args.reps_small)
+    bench(label, tiny, args.reps_small * 10, fresh=False)
     if not args.skip_large:
         medium = _random_model(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096,
                                d_vocab=args.vocab, n_ctx=1024)

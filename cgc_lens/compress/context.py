@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from cgc_lens.compress.operators import _BATCH_MAX_NUMEL, RTN, EditStats, Operator
 from cgc_lens.compress.plan import Plan, Step, as_plan
-from cgc_lens.compress.quantize import rtn_quantize_stacked
+from cgc_lens.compress.quantize import rtn_quantize_stack_
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
@@ -127,61 +127,80 @@ class _Snapshot:
 
     ``"copy"`` keeps copies and copies them back (the storage never changes). ``"swap"`` gives
     each parameter a fresh copy to be edited and keeps the original storage aside, so that
-    restoring is handing it back: no copy on exit.
+    restoring is handing it back: no copy on exit. Groups are added one at a time, each
+    registered before anything in it is edited, so :meth:`restore` is right after a failure
+    (or ``KeyboardInterrupt``) at any point.
     """
 
-    def __init__(self, params: Sequence[nn.Parameter], *, offload_to_cpu: bool,
-                 restore: Restore = "copy",
-                 out_axes: Sequence[tuple[int, ...]] | None = None) -> None:
-        groups: dict[tuple, list[nn.Parameter]] = {}
-        if out_axes is None:
-            for p in params:
-                groups.setdefault((p.shape, p.dtype, p.device), []).append(p)
-        else:  # grouped per output-axis layout too, so that each stack can be quantized whole
-            for p, axes in zip(params, out_axes, strict=True):
-                groups.setdefault((p.shape, p.dtype, p.device, axes), []).append(p)
+    def __init__(self, *, offload_to_cpu: bool, restore: Restore = "copy") -> None:
+        self._offload = offload_to_cpu
+        self._swap = restore == "swap"
         self._dst: list[Tensor] = []
         self._src: list[Tensor] = []
         self._swapped: list[tuple[nn.Parameter, Tensor]] = []
-        self._stacks: list[tuple[Tensor, tuple[int, ...] | None]] = []
-        self._swap = restore == "swap"
-        for key, group in groups.items():
-            shape, dtype, device = key[:3]
-            tensors = [p.detach() for p in group]
-            if offload_to_cpu:
-                buf = torch.empty((len(group), *shape), dtype=dtype, device="cpu",
-                                  pin_memory=device.type == "cuda")
-                _copy_all_(list(buf.unbind(0)), tensors)
-            else:
-                buf = torch.stack(tensors)
-            self._stacks.append((buf, key[3] if out_axes is not None else None))
+
+    def add(self, params: Sequence[nn.Parameter], *, rtn: RTN | None = None,
+            out_axes: tuple[int, ...] = ()) -> None:
+        """Snapshot ``params`` (same shape, dtype and device); with ``rtn``, quantize them too,
+        per output channel along ``out_axes``, while the stack is still in cache."""
+        tensors = [p.detach() for p in params]
+        if self._offload:
+            p0 = tensors[0]
+            buf = torch.empty((len(tensors), *p0.shape), dtype=p0.dtype, device="cpu",
+                              pin_memory=p0.device.type == "cuda")
+            _copy_all_(list(buf.unbind(0)), tensors)
+        else:
+            buf = torch.stack(tensors)
+        with torch.no_grad():
             if self._swap:
-                for p, fresh in zip(group, buf.unbind(0), strict=True):
+                for p, fresh in zip(params, buf.unbind(0), strict=True):
                     self._swapped.append((p, p.data))
                     p.data = fresh
+                if rtn is not None:  # the stack is the parameters' storage now
+                    rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
+                                        convention=rtn.convention)
             else:
                 self._dst.extend(tensors)
                 self._src.extend(buf.unbind(0))
-
-    def rtn_(self, op: RTN) -> None:
-        """Quantize every touched tensor from the stacked copies (built with ``out_axes``).
-
-        ``"swap"``: the stacks are the parameters' storage, quantized in place. ``"copy"``: the
-        stacks are the originals; the scales come from them and the parameters, which still
-        hold the same values, are quantized in place (no second stack, no copy back).
-        """
-        stacks = [buf for buf, _ in self._stacks]
-        axes = [a for _, a in self._stacks]
-        with torch.no_grad():
-            rtn_quantize_stacked(stacks, op.bits, out_axes=axes,  # type: ignore[arg-type]
-                                 convention=op.convention, inplace=self._swap,
-                                 targets=None if self._swap else self._dst)
+                if rtn is not None:  # scales from the copies, edits in the parameters
+                    rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
+                                        convention=rtn.convention, targets=tensors)
 
     def restore(self) -> None:
         with torch.no_grad():
             _copy_all_(self._dst, self._src)
-            for p, original in self._swapped:
+            for p, original in reversed(self._swapped):
                 p.data = original
+
+
+def _groups(
+    params: Sequence[nn.Parameter], out_axes: Sequence[tuple[int, ...]] | None = None
+) -> list[tuple[list[nn.Parameter], tuple[int, ...]]]:
+    """``params`` grouped by shape, dtype and device (and output axes, when given)."""
+    groups: dict[tuple, list[nn.Parameter]] = {}
+    if out_axes is None:
+        for p in params:
+            groups.setdefault((p.shape, p.dtype, p.device), []).append(p)
+    else:
+        for p, axes in zip(params, out_axes, strict=True):
+            groups.setdefault((p.shape, p.dtype, p.device, axes), []).append(p)
+    return [(g, key[3] if out_axes is not None else ()) for key, g in groups.items()]
+
+
+def _owns_storage(params: Sequence[nn.Parameter]) -> bool:
+    """Whether each parameter is the whole of its own storage, and no two share one.
+
+    ``restore="swap"`` hands a parameter new storage; a parameter that is a view of a larger
+    tensor (fused QKV, a weight inside an outer swap block's stack) or that shares storage
+    with another target would stop aliasing it, so such blocks fall back to ``"copy"``.
+    """
+    seen = set()
+    for p in params:
+        storage = p.untyped_storage()
+        if p.storage_offset() or storage.nbytes() != p.numel() * p.element_size():
+            return False
+        seen.add(storage.data_ptr())
+    return len(seen) == len(params)
 
 
 _Resolved = list[tuple[Operator, list[WeightRef], list[nn.Parameter]]]
@@ -206,13 +225,13 @@ def _touched(resolved: _Resolved) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def _fusable_rtn(resolved: _Resolved, offload_to_cpu: bool) -> bool:
+def _fusable_rtn(resolved: _Resolved) -> bool:
     """Whether the plan is one per-channel RTN step over small, whole, distinct tensors.
 
-    Such a plan is applied from the snapshot's own stacks (:meth:`_Snapshot.rtn_`): on a small
+    Such a plan is applied from the snapshot's own stacks (:meth:`_Snapshot.add`): on a small
     model per-op dispatch dominates, and this skips a second stack and a dozen ops per shape.
     """
-    if offload_to_cpu or len(resolved) != 1:
+    if len(resolved) != 1:
         return False
     op, refs, params = resolved[0]
     return (
@@ -267,29 +286,34 @@ class _Block:
             raise CgcLensError("This compressed(...) block was already entered; make a new one.")
         resolved = _resolve(self.model, self.plan)  # raises before anything is edited
         params = _touched(resolved)
-        self.record = CompressionRecord(self.plan)
+        self.record = record = CompressionRecord(self.plan)
         numels = [p.numel() for p in params]
-        self.record.n_parameters = sum(numels)
-        fused = _fusable_rtn(resolved, self.offload_to_cpu)
-        self._snapshot = _Snapshot(
-            params, offload_to_cpu=self.offload_to_cpu, restore=self.restore,
-            out_axes=[r.out_axes for r in resolved[0][1]] if fused else None,
-        )
+        record.n_parameters = sum(numels)
+        restore = self.restore
+        if restore == "swap" and not _owns_storage(params):
+            logger.debug("restore='swap' falls back to 'copy': targets share storage.")
+            restore = "copy"
+        fused = not self.offload_to_cpu and _fusable_rtn(resolved)
+        self._snapshot = snapshot = _Snapshot(offload_to_cpu=self.offload_to_cpu,
+                                              restore=restore)
         _ACTIVE.setdefault(self.model, []).append(self)
         self._state = "open"
         try:
-            if fused:
+            if fused:  # snapshot and quantize one stack at a time, while it is in cache
                 op, refs, _ = resolved[0]
-                self._snapshot.rtn_(op)  # type: ignore[arg-type]
-                self.record._add(0, op, refs, numels, [EditStats(bits=op.bits)] * len(refs))
+                for group, axes in _groups(params, [r.out_axes for r in refs]):
+                    snapshot.add(group, rtn=op, out_axes=axes)  # type: ignore[arg-type]
+                record._add(0, op, refs, numels, [EditStats(bits=op.bits)] * len(refs))
             else:
-                _apply(resolved, self.record)
+                for group, _ in _groups(params):
+                    snapshot.add(group)
+                _apply(resolved, record)
         except BaseException:
             self._close()
             raise
         logger.debug("compressed %s: %r", getattr(self.model.cfg, "model_name", "model"),
-                     self.record)
-        return self.record
+                     record)
+        return record
 
     def _close(self) -> None:
         stack = _ACTIVE.get(self.model, [])
@@ -327,7 +351,8 @@ def compressed(
             back; views, ``data_ptr`` and captured graphs stay valid. ``"swap"``: edit fresh
             copies and hand the original storage back on exit (about a third less work, and
             bit-exact by construction); inside the block, tensors taken from a parameter
-            before it (views, ``.data``) still show the original weights.
+            before it (views, ``.data``) still show the original weights. Targets that do not
+            own their whole storage, or share it, fall back to ``"copy"``.
 
     Returns:
         A context manager whose value is the :class:`CompressionRecord`.
@@ -370,7 +395,11 @@ def compress_permanently_(
     plan = as_plan(plan_or_operator, targets)
     resolved = _resolve(model, plan)
     record = CompressionRecord(plan)
-    snapshot = _Snapshot(_touched(resolved), offload_to_cpu=offload_to_cpu) if atomic else None
+    snapshot = None
+    if atomic:
+        snapshot = _Snapshot(offload_to_cpu=offload_to_cpu)
+        for group, _ in _groups(_touched(resolved)):
+            snapshot.add(group)
     try:
         _apply(resolved, record)
     except BaseException:

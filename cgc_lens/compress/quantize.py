@@ -246,56 +246,40 @@ def _amax_keepdim(x: Tensor, dims: tuple[int, ...], fn: str = "amax") -> Tensor:
     return getattr(x, fn)(dim=dims, keepdim=True)
 
 
-def rtn_quantize_stacked(
-    stacks: Sequence[Tensor], bits: int, *, out_axes: Sequence[Sequence[int]],
-    convention: Convention = "symmetric", inplace: bool = False,
+def rtn_quantize_stack_(
+    stack: Tensor, bits: int, *, out_axes: Sequence[int], convention: Convention = "symmetric",
     targets: Sequence[Tensor] | None = None,
-) -> list[Tensor]:
-    """RTN of several stacked float32/float64 batches (axis 0 stacks same-shaped weights).
+) -> None:
+    """RTN of a stack of same-shaped float32/float64 weights (axis 0 stacks them), in place.
 
-    ``out_axes[i]`` are the output axes of one weight of ``stacks[i]`` (without the stack
-    axis). The cheap per-channel steps run as one ``torch._foreach_*`` call over all stacks,
-    so a model of many small weights pays a handful of dispatches, not a dozen per tensor.
-    Returns the quantized stacks: ``stacks`` themselves when ``inplace``, else new tensors.
-    With ``targets`` (the unstacked tensors, in stack order, holding the same values) the
-    result is written into them instead, in place, and ``targets`` is returned.
-    Arithmetic is :func:`rtn_quantize_`'s (bit-exact with ``fake_quantize_per_channel_affine``).
+    ``out_axes`` are the output axes of one weight (without the stack axis). With ``targets``
+    (the stacked weights themselves, in stack order, holding the same values) the scales come
+    from ``stack`` and the result is written into ``targets`` instead; ``stack`` is left as it
+    was. Arithmetic is :func:`rtn_quantize_`'s (bit-exact with
+    ``fake_quantize_per_channel_affine``).
+
+    One stack at a time, so that a small model's weights are reduced and rewritten while they
+    are still in cache, with a dozen dispatches per stack rather than a dozen per weight.
     """
-    if bits == 16 or not stacks:
-        return list(stacks) if inplace else [s.clone() for s in stacks]
-    stacks = list(stacks)
-    if (convention != "symmetric" or len({s.dtype for s in stacks}) != 1
-            or any(s.numel() > _CHUNK * 8 for s in stacks)):
-        out = stacks if inplace and targets is None else [s.clone() for s in stacks]
-        for x, axes in zip(out, out_axes, strict=True):
-            dims = tuple(a + 1 for a in in_axes(x.ndim - 1, axes))
-            _apply_(x, *_params(x, bits, dims, convention))
-        if targets is not None:
-            torch._foreach_copy_(list(targets), [t for x in out for t in x.unbind(0)])
-            return list(targets)
-        return out
-    qmax = 2 ** (bits - 1) - 1
-    dims = [tuple(d + 1 for d in in_axes(a.ndim - 1, axes))
-            for a, axes in zip(stacks, out_axes, strict=True)]
-    # max|w| = max(max w, -min w): two reads, no |w| temporary (fresh pages cost more)
-    amax = [_amax_keepdim(a, d) for a, d in zip(stacks, dims, strict=True)]
-    neg_min = [_amax_keepdim(a, d, "amin") for a, d in zip(stacks, dims, strict=True)]
-    torch._foreach_neg_(neg_min)
-    torch._foreach_maximum_(amax, neg_min)
-    torch._foreach_div_(amax, qmax)
-    scale = torch._foreach_clamp_min(amax, torch.finfo(stacks[0].dtype).tiny)
-    inv = torch._foreach_reciprocal(scale)
-    if targets is not None:  # per-tensor views of the per-stack scales; edit targets in place
-        out = list(targets)
-        inv = [t for i in inv for t in i.unbind(0)]
-        scale = [t for s in scale for t in s.unbind(0)]
-        torch._foreach_mul_(out, inv)
-    elif inplace:
-        torch._foreach_mul_(stacks, inv)
-        out = stacks
+    if bits == 16:
+        return
+    dims = tuple(a + 1 for a in in_axes(stack.ndim - 1, out_axes))
+    if convention == "symmetric":
+        # max|w| = max(max w, -min w): two reads, no |w| temporary (fresh pages cost more)
+        amax = _amax_keepdim(stack, dims)
+        torch.maximum(amax, _amax_keepdim(stack, dims, "amin").neg_(), out=amax)
+        scale = amax.div_(2 ** (bits - 1) - 1).clamp_min_(torch.finfo(stack.dtype).tiny)
+        inv, lo, hi = scale.reciprocal(), None, None
     else:
-        out = torch._foreach_mul(stacks, inv)
-    torch._foreach_round_(out)
-    torch._foreach_mul_(out, scale)
-    return out
-
+        scale, inv, lo, hi = _params(stack, bits, dims, convention)
+    if targets is None:
+        _apply_(stack, scale, inv, lo, hi)
+        return
+    targets = list(targets)
+    if lo is None:
+        torch._foreach_mul_(targets, list(inv.unbind(0)))
+        torch._foreach_round_(targets)
+        torch._foreach_mul_(targets, list(scale.unbind(0)))
+        return
+    for i, t in enumerate(targets):
+        _apply_(t, scale[i], inv[i], *(b[i] if isinstance(b, Tensor) else b for b in (lo, hi)))

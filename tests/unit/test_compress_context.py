@@ -164,3 +164,37 @@ def test_bad_arguments(tiny_model):
             compressed(tiny_model, Plan.of(RTN(4), (Targets(layers=7), RTN(2)))):
         pass  # pragma: no cover
     assert same(tiny_model, original)
+
+
+@pytest.mark.parametrize("restore", ["copy", "swap"])
+def test_interrupt_between_stacks_of_the_fast_path_restores(tiny_model, restore, monkeypatch):
+    from cgc_lens.compress import context
+
+    original = state(tiny_model)
+    calls = []
+
+    def quantize_then_interrupt(*args, **kwargs):  # the second stack is interrupted
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = context.rtn_quantize_stack_
+    monkeypatch.setattr(context, "rtn_quantize_stack_", quantize_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), compressed(tiny_model, RTN(3), restore=restore):
+        pytest.fail("the block must not run")  # pragma: no cover
+    assert len(calls) == 2
+    assert same(tiny_model, original) and not _ACTIVE.get(tiny_model)
+
+
+def test_swap_falls_back_to_copy_for_targets_that_share_storage(tiny_model):
+    attn = tiny_model.blocks[0].attn
+    fused = torch.cat([attn.W_Q.detach(), attn.W_K.detach()])  # one storage, two views
+    attn.W_Q.data, attn.W_K.data = fused[:4], fused[4:]
+    original = state(tiny_model)
+    ptrs = {n: p.data_ptr() for n, p in tiny_model.named_parameters()}
+    with compressed(tiny_model, RTN(3), restore="swap"):
+        assert {n: p.data_ptr() for n, p in tiny_model.named_parameters()} == ptrs
+        assert not torch.equal(fused[:4], original["blocks.0.attn.W_Q"])  # edited in place
+    assert same(tiny_model, original)
+    assert attn.W_Q.data_ptr() == fused.data_ptr()

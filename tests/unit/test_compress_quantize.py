@@ -9,7 +9,7 @@ from torch import nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cgc_lens.compress import OUT_AXES, RTN, Targets, compressed, rtn_qparams, rtn_quantize
-from cgc_lens.compress.quantize import rtn_quantize_, rtn_quantize_many_
+from cgc_lens.compress.quantize import rtn_quantize_, rtn_quantize_many_, rtn_quantize_stack_
 from cgc_lens.errors import CgcLensError
 
 N_HEADS, D_MODEL, D_HEAD, D_MLP = 3, 20, 6, 24
@@ -213,3 +213,19 @@ def test_bad_convention_and_group_size_raise():
         RTN(4, group_size=0)
     with pytest.raises(CgcLensError, match="out_axes"):
         rtn_quantize(torch.randn(3, 3), 4, out_axes=(0, 1))
+
+
+@pytest.mark.parametrize("convention", ["symmetric", "symmetric_full", "asymmetric"])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_stack_path_matches_reference_in_place_and_into_targets(name, convention):
+    ws = [weight(name, s) for s in range(3)]
+    expected = [from_hf(name, reference(to_hf(name, w), 4, convention)) for w in ws]
+    stack = torch.stack(ws)
+    rtn_quantize_stack_(stack, 4, out_axes=OUT_AXES[name], convention=convention)
+    assert all(torch.equal(a, b) for a, b in zip(stack.unbind(0), expected, strict=True))
+    stack = torch.stack(ws)
+    targets = [w.clone() for w in ws]
+    rtn_quantize_stack_(stack, 4, out_axes=OUT_AXES[name], convention=convention,
+                        targets=targets)
+    assert all(torch.equal(a, b) for a, b in zip(targets, expected, strict=True))
+    assert torch.equal(stack, torch.stack(ws))  # the copies the scales came from are kept
