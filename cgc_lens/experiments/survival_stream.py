@@ -3,8 +3,10 @@
 Order of work (App. I, and the issue's cost bound of 1.2 × (1 + C) bare forwards):
 
 1. **Reference, once per batch.** One forward to the read-out layer (``stop_at_layer``), the
-   frozen SAE encodes, the reference sums are updated, and the batch's SAE codes are cached
-   *sparse* (flat indices + values of the non-zeros; dense when more than a third are non-zero).
+   frozen SAE encodes straight into sparse codes (:class:`SparseEncoder`: SAELens's values
+   bit for bit, never the dense ``[positions, d_sae]`` codes), the reference sums are updated,
+   and the batch's codes are cached (flat indices + values of the non-zeros; dense when more
+   than a third are non-zero).
 2. **Conditions over a chunk.** When the cache holds ``cache_bytes`` (or the tokens run out),
    each condition enters :func:`~cgc_lens.compress.compressed` once, runs the chunk's batches to
    the read-out layer, encodes, updates its sums against the cached reference codes, and leaves
@@ -43,7 +45,8 @@ from tqdm.auto import tqdm
 from cgc_lens.analysis.streaming_stats import PearsonAccumulator, ReferenceAccumulator
 from cgc_lens.compress import Plan, compressed
 from cgc_lens.errors import CgcLensError
-from cgc_lens.saes.attach import SAETarget, attached
+from cgc_lens.experiments.survival_codes import SparseCodes, SparseEncoder
+from cgc_lens.saes.attach import SAETarget
 from cgc_lens.streaming import stop_layer
 
 if TYPE_CHECKING:
@@ -52,110 +55,6 @@ if TYPE_CHECKING:
 __all__ = ["SparseCodes", "SweepSums", "stream_conditions"]
 
 log = logging.getLogger(__name__)
-
-_CHUNK_ELEMENTS = 1 << 24  # float64 temporaries of the dense path: 128 MiB, whatever d_sae
-_DENSE_FRACTION = 1 / 3  # above this many non-zeros, dense storage (4 B/entry) beats 12 B/nnz
-
-
-@dataclass
-class SparseCodes:
-    """One batch of SAE codes ``[n, d_sae]``: non-zeros (row-major flat index, value), or dense.
-
-    Example:
-        >>> codes = SparseCodes.of(torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0]]))
-        >>> codes.flat.tolist(), codes.moments().tolist()
-        ([1, 3], [[1.0, 2.0, 0.0], [1.0, 4.0, 0.0]])
-    """
-
-    n: int
-    """Token positions."""
-    d: int
-    """Features (d_sae)."""
-    flat: Tensor | None = None
-    """Sorted flat indices ``row * d + col`` of the non-zeros (int64), when sparse."""
-    vals: Tensor | None = None
-    """Their values, in the SAE's dtype (unchanged, so the null stays exact)."""
-    dense: Tensor | None = None
-    """The codes themselves, when dense."""
-
-    @classmethod
-    def of(cls, codes: Tensor) -> SparseCodes:
-        """Store ``codes`` ``[n, d]`` in whichever form is smaller."""
-        n, d = codes.shape
-        flat = codes.reshape(-1)
-        nz = flat.nonzero().squeeze(1)
-        if nz.numel() > _DENSE_FRACTION * flat.numel():
-            return cls(n, d, dense=codes)
-        return cls(n, d, flat=nz, vals=flat[nz])
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held."""
-        if self.dense is not None:
-            return self.dense.numel() * self.dense.element_size()
-        return self.flat.numel() * 8 + self.vals.numel() * self.vals.element_size()  # type: ignore[union-attr]
-
-    def to_dense(self) -> Tensor:
-        """The ``[n, d]`` codes."""
-        if self.dense is not None:
-            return self.dense
-        out = torch.zeros(self.n * self.d, dtype=self.vals.dtype, device=self.vals.device)  # type: ignore[union-attr]
-        out[self.flat] = self.vals  # type: ignore[index]
-        return out.view(self.n, self.d)
-
-    def moments(self) -> Tensor:
-        """``[2, d]`` float64: Σ over positions of the codes and of their squares."""
-        if self.dense is None:
-            v = self.vals.double()  # type: ignore[union-attr]
-            cols = self.flat % self.d  # type: ignore[operator]
-            out = torch.zeros(2, self.d, dtype=torch.float64, device=v.device)
-            out[0].index_add_(0, cols, v)
-            out[1].index_add_(0, cols, v * v)
-            return out
-        out = torch.zeros(2, self.d, dtype=torch.float64, device=self.dense.device)
-        for part in self.dense.split(max(1, _CHUNK_ELEMENTS // self.d)):
-            p = part.double()
-            out[0] += p.sum(0)
-            out[1] += (p * p).sum(0)
-        return out
-
-    def reference_state(self, threshold: float) -> dict[str, Tensor] | None:
-        """This batch's :class:`ReferenceAccumulator` state, from the non-zeros alone (``None``
-        when dense, or when zeros fire: ``threshold < 0``); the same sums as its ``update``."""
-        if self.dense is not None or threshold < 0:
-            return None
-        v, cols = self.vals.double(), self.flat % self.d  # type: ignore[union-attr, operator]
-        fires = v > threshold
-        v_fire = torch.where(fires, v, 0.0)
-        zeros = torch.zeros(self.d, dtype=torch.float64, device=v.device)
-        peak = torch.full((self.d,), -torch.inf, dtype=torch.float64, device=v.device)
-        peak.scatter_reduce_(0, cols, v, "amax")
-        has_zero = torch.bincount(cols, minlength=self.d) < self.n  # a zero is seen there too
-        peak = torch.where(has_zero, peak.clamp(min=0.0), peak)
-        return {"fire_count": torch.bincount(cols[fires], minlength=self.d),
-                "sum_act": zeros.clone().index_add_(0, cols, v),
-                "sum_act_firing": zeros.clone().index_add_(0, cols, v_fire),
-                "sum_sq_firing": zeros.index_add_(0, cols, v_fire * v_fire), "max_act": peak,
-                "n_tokens": torch.tensor(self.n, dtype=torch.int64)}
-
-    def cross(self, ref: SparseCodes) -> Tensor:
-        """``[d]`` float64: Σ over positions of ``ref · self`` (products formed in float64)."""
-        if self.dense is None:
-            flat, v = self.flat, self.vals.double()  # type: ignore[union-attr]
-            if ref.dense is not None:
-                x = ref.dense.reshape(-1)[flat]
-            elif ref.flat.numel() == 0:  # type: ignore[union-attr]
-                x = torch.zeros_like(self.vals)  # type: ignore[arg-type]
-            else:  # look the condition's non-zeros up among the reference's
-                pos = torch.searchsorted(ref.flat, flat).clamp_(max=ref.flat.numel() - 1)  # type: ignore[arg-type, union-attr]
-                x = torch.where(ref.flat[pos] == flat, ref.vals[pos], 0)  # type: ignore[index]
-            out = torch.zeros(self.d, dtype=torch.float64, device=v.device)
-            return out.index_add_(0, flat % self.d, x.double() * v)  # type: ignore[operator]
-        out = torch.zeros(self.d, dtype=torch.float64, device=self.dense.device)
-        rows = max(1, _CHUNK_ELEMENTS // self.d)
-        for xp, yp in zip(ref.to_dense().split(rows), self.dense.split(rows), strict=True):
-            out += (xp.double() * yp.double()).sum(0)
-        return out
 
 
 @dataclass
@@ -198,20 +97,52 @@ class SweepSums:
         return out
 
 
-def _read(model: HookedTransformer, reading, batch: Tensor, stop: int | None, bos: int | None,
-          ) -> dict[str, Tensor]:
-    """One forward to the read-out layer; each SAE's codes as ``[positions, d_sae]``."""
-    if bos is not None:
-        batch = torch.cat([torch.full_like(batch[:, :1], bos), batch], dim=1)
-    reading.features.clear()
-    model(batch.to(model.cfg.device), stop_at_layer=stop, return_type=None)
-    out = {}
-    for key, f in reading.features.items():
-        if f.ndim != 3:
-            raise CgcLensError(f"Expected SAE codes [batch, pos, d_sae] at {key}, got "
-                               f"{tuple(f.shape)} (batched per-head SAEs are not supported here).")
-        out[key] = (f[:, 1:] if bos is not None else f).reshape(-1, f.shape[-1])
-    return out
+class _Reader:
+    """Hooks that encode each target's activation into :class:`SparseCodes` during a forward.
+
+    A SAELens ReLU / JumpReLU / TopK SAE goes through :class:`SparseEncoder` (bit-identical
+    values, never dense codes); any other SAE through ``target.encode`` and
+    :meth:`SparseCodes.of`, as :func:`~cgc_lens.saes.attached` would read it.
+    """
+
+    def __init__(self, targets: Sequence[SAETarget], bos: bool) -> None:
+        self.targets = list(targets)
+        self.encoders = {t.key: SparseEncoder.for_target(t) for t in targets}
+        self.bos = bos
+        self.codes: dict[str, SparseCodes] = {}
+
+    def hook(self, target: SAETarget):
+        encoder = self.encoders[target.key]
+
+        def hook_fn(act: Tensor, hook: object) -> None:
+            if encoder is not None:
+                x = target.inputs(act)
+                self.codes[target.key] = encoder(x[:, 1:] if self.bos else x)
+                return
+            f = target.encode(act)
+            if f.ndim != 3:
+                raise CgcLensError(
+                    f"Expected SAE codes [batch, pos, d_sae] at {target.key}, got "
+                    f"{tuple(f.shape)} (batched per-head SAEs are not supported here).")
+            f = f[:, 1:] if self.bos else f
+            self.codes[target.key] = SparseCodes.of(f.reshape(-1, f.shape[-1]))
+
+        return hook_fn
+
+    @contextlib.contextmanager
+    def attached(self, model: HookedTransformer):
+        """The hooks on ``model`` for the ``with`` block (removed in ``model.hooks``'s finally)."""
+        with model.hooks(fwd_hooks=[(t.hook, self.hook(t)) for t in self.targets]):
+            yield self
+
+    def read(self, model: HookedTransformer, batch: Tensor, stop: int | None, bos: int | None,
+             ) -> dict[str, SparseCodes]:
+        """One forward to the read-out layer; each SAE's codes of the batch's positions."""
+        if bos is not None:
+            batch = torch.cat([torch.full_like(batch[:, :1], bos), batch], dim=1)
+        self.codes = {}
+        model(batch.to(model.cfg.device), stop_at_layer=stop, return_type=None)
+        return self.codes
 
 
 @torch.no_grad()
@@ -255,15 +186,16 @@ def stream_conditions(
     t0 = time.perf_counter()
     bar = tqdm(total=len(batches) * (1 + len(conditions)), desc="survival sweep", leave=False,
                disable=not progress)
-    with attached(model, list(targets)) as reading, bar:
+    reader = _Reader(targets, bos is not None)
+    scratch: dict[str, Tensor] = {}  # per key, an all-zero flat buffer for SparseCodes.cross
+    with reader.attached(model), bar:
         i = 0
         while i < len(batches):
             cache: list[tuple[int, dict[str, SparseCodes]]] = []
             held = 0
             while i < len(batches) and (not cache or held < cache_bytes):
-                codes = _read(model, reading, batches[i], stop, bos)
-                sparse = {key: SparseCodes.of(c) for key, c in codes.items()}
-                _add_reference(sums, shard_of[i], codes, sparse=sparse, n_conditions=len(names),
+                sparse = reader.read(model, batches[i], stop, bos)
+                _add_reference(sums, shard_of[i], sparse, n_conditions=len(names),
                                threshold=fire_threshold)
                 cache.append((i, sparse))
                 held += sum(c.nbytes for c in sparse.values())
@@ -275,12 +207,11 @@ def stream_conditions(
                 edit = contextlib.nullcontext() if plan is None else compressed(model, plan)
                 with edit:
                     for j, ref_codes in cache:
-                        codes = _read(model, reading, batches[j], stop, bos)
-                        for key, y in codes.items():
-                            y_codes = SparseCodes.of(y)
+                        for key, y_codes in reader.read(model, batches[j], stop, bos).items():
                             block = sums.cond_sums[key][c, shard_of[j]]
                             block[:2] += y_codes.moments()
-                            block[2] += y_codes.cross(ref_codes[key])
+                            block[2] += y_codes.cross(ref_codes[key],
+                                                      scratch=_scratch(scratch, key, y_codes))
                         bar.update(1)
             del cache
     sums.seconds = time.perf_counter() - t0
@@ -290,22 +221,33 @@ def stream_conditions(
     return sums
 
 
-def _add_reference(sums: SweepSums, shard: int, codes: dict[str, Tensor], *,
-                   sparse: dict[str, SparseCodes], n_conditions: int, threshold: float) -> None:
-    for key, x in codes.items():
+def _scratch(held: dict[str, Tensor], key: str, codes: SparseCodes) -> Tensor | None:
+    """An all-zero flat buffer for ``codes.cross`` (grown when a batch is larger)."""
+    if codes.dense is not None:
+        return None
+    buf = held.get(key)
+    size = codes.n * codes.d
+    if buf is None or buf.numel() < size or buf.dtype != codes.vals.dtype:  # type: ignore[union-attr]
+        buf = held[key] = torch.zeros(size, dtype=codes.vals.dtype, device=codes.vals.device)  # type: ignore[union-attr]
+    return buf
+
+
+def _add_reference(sums: SweepSums, shard: int, sparse: dict[str, SparseCodes], *,
+                   n_conditions: int, threshold: float) -> None:
+    for key, x in sparse.items():
+        device = (x.dense if x.dense is not None else x.vals).device  # type: ignore[union-attr]
         if key not in sums.ref_moments:  # allocate on the device the codes live on
-            n, d = len(sums.n_tokens), x.shape[-1]
-            sums.ref_moments[key] = torch.zeros(n, 2, d, dtype=torch.float64, device=x.device)
-            sums.cond_sums[key] = torch.zeros(n_conditions, n, 3, d, dtype=torch.float64,
-                                              device=x.device)
-            sums.reference[key] = [ReferenceAccumulator(d, fire_threshold=threshold)
+            n = len(sums.n_tokens)
+            sums.ref_moments[key] = torch.zeros(n, 2, x.d, dtype=torch.float64, device=device)
+            sums.cond_sums[key] = torch.zeros(n_conditions, n, 3, x.d, dtype=torch.float64,
+                                              device=device)
+            sums.reference[key] = [ReferenceAccumulator(x.d, fire_threshold=threshold)
                                    for _ in range(n)]
-        sums.ref_moments[key][shard] += sparse[key].moments()
+        sums.ref_moments[key][shard] += x.moments()
         acc = sums.reference[key][shard]
-        state = sparse[key].reference_state(threshold)
+        state = x.reference_state(threshold)
         if state is None:
-            acc.update(x)
+            acc.update(x.to_dense())
         else:  # merge() adds the sums and takes the max, exactly as update() would
-            acc.merge(ReferenceAccumulator(x.shape[-1], fire_threshold=threshold)
-                      .load_state_dict(state))
-    sums.n_tokens[shard] += next(iter(codes.values())).shape[0]
+            acc.merge(ReferenceAccumulator(x.d, fire_threshold=threshold).load_state_dict(state))
+    sums.n_tokens[shard] += next(iter(sparse.values())).n
