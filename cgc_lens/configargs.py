@@ -9,16 +9,24 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
 import itertools
 import textwrap
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from cgc_lens.errors import CgcLensError
 
-__all__ = ["add_config_arguments", "config_from_arguments", "field_docs"]
+__all__ = [
+    "CONFIG_DIR", "add_config_arguments", "config_from_arguments", "field_docs",
+    "resolve_config_path",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""The shipped study configs (reproduction runs of the papers)."""
 
 C = TypeVar("C")
 
@@ -103,3 +111,24 @@ def config_from_arguments(cls: type[C], namespace: argparse.Namespace, **overrid
         return cls(**values)
     except TypeError as exc:  # a missing required field
         raise CgcLensError(f"Cannot build {cls.__name__} from the command line: {exc}") from exc
+
+
+def resolve_config_path(path: str | Path, prefix: str = "") -> Path:
+    """A config file: the path itself, or a shipped config by name (with or without ``prefix``
+    and ``.json``).
+
+    Example:
+        >>> resolve_config_path("pythia70m", prefix="survival_").name
+        'survival_pythia70m.json'
+    """
+    file = Path(path).expanduser()
+    if file.is_file():
+        return file
+    packaged = {p.stem: p for p in CONFIG_DIR.glob("*.json")}
+    stem = Path(str(path)).stem
+    for key in (stem, f"{prefix}{stem}"):
+        if key in packaged:
+            return packaged[key]
+    close = difflib.get_close_matches(stem, list(packaged), n=3)
+    raise CgcLensError(f"No config file {str(path)!r}; packaged configs in {CONFIG_DIR}: "
+                       f"{sorted(packaged)}{f' (closest: {close})' if close else ''}.")

@@ -27,7 +27,11 @@ from typing import Any, Literal
 
 from cgc_lens.allocate import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
-from cgc_lens.configargs import add_config_arguments, config_from_arguments
+from cgc_lens.configargs import (
+    add_config_arguments,
+    config_from_arguments,
+    resolve_config_path,
+)
 from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.capability_result import CapabilityResult
 from cgc_lens.experiments.capability_run import run_study
@@ -36,8 +40,6 @@ __all__ = ["CapabilityConfig", "CapabilityResult", "cli_arguments", "cli_main", 
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-"""Shipped study configs (``cgc_gpt2_medium.json``: the paper's GPT-2 Medium run)."""
 
 
 def _tiny_evo() -> EvoConfig:
@@ -199,17 +201,13 @@ class CapabilityConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> CapabilityConfig:
-        """Load a config file (e.g. ``cgc_lens/configs/cgc_gpt2_medium.json``).
+        """Load a config file, or a shipped one by name (``"cgc_gpt2_medium"``, ``"gpt2_medium"``).
 
         Example:
-            >>> CapabilityConfig.from_json(CONFIG_DIR / "cgc_gpt2_medium.json").model
+            >>> CapabilityConfig.from_json("cgc_gpt2_medium").model
             'gpt2-medium'
         """
-        path = Path(path)
-        if not path.is_file():
-            shipped = sorted(p.name for p in CONFIG_DIR.glob("*.json"))
-            raise CgcLensError(
-                f"No config file {path}; shipped configs in {CONFIG_DIR}: {shipped}.")
+        path = resolve_config_path(path, prefix="cgc_")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
@@ -238,9 +236,9 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
 def cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``cgc-lens cgc``: every CapabilityConfig field, ``--config``, ``--out``."""
     parser.add_argument("--out", type=Path, required=True, help="results folder to write")
-    parser.add_argument("--config", type=Path, default=None,
-                        help="JSON CapabilityConfig (e.g. cgc_lens/configs/cgc_gpt2_medium.json);"
-                             " options given on the command line override it")
+    parser.add_argument("--config", default=None,
+                        help="JSON CapabilityConfig: a path or a shipped config's name "
+                             "(cgc_gpt2_medium); options given on the command line override it")
     parser.add_argument("--tokens", dest="calibration_tokens", type=int,
                         default=argparse.SUPPRESS, help="alias of --calibration-tokens")
     add_config_arguments(parser, CapabilityConfig, skip=("density", "evo"))

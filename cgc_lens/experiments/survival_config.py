@@ -10,7 +10,6 @@ condition (``null``), one RTN condition per entry of ``bits``, any :class:`PlanC
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +18,12 @@ from typing import Any, Literal
 from cgc_lens.analysis.survival import SurvivalThresholds
 from cgc_lens.compress import Plan
 from cgc_lens.compress.quantize import check_bits
+from cgc_lens.configargs import CONFIG_DIR, resolve_config_path
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
 
 __all__ = ["CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "rtn_name"]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 """Where the packaged reproduction configs live (``survival_pythia70m.json`` ...)."""
 
 NULL_NAME = "reference"
@@ -334,7 +333,7 @@ class SurvivalConfig:
             >>> SurvivalConfig.from_json("survival_pythia70m").model
             'pythia-70m-deduped'
         """
-        file = resolve_config_path(path)
+        file = resolve_config_path(path, prefix="survival_")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
@@ -347,22 +346,6 @@ class SurvivalConfig:
     def replace(self, **changes: Any) -> SurvivalConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
-
-
-def resolve_config_path(path: str | Path) -> Path:
-    """A config file: the path itself, or a packaged config by name (with or without
-    ``survival_`` and ``.json``)."""
-    file = Path(path).expanduser()
-    if file.is_file():
-        return file
-    packaged = {p.stem: p for p in CONFIG_DIR.glob("*.json")}
-    stem = Path(str(path)).stem
-    for key in (stem, f"survival_{stem}"):
-        if key in packaged:
-            return packaged[key]
-    close = difflib.get_close_matches(stem, list(packaged), n=3)
-    raise CgcLensError(f"No config file {str(path)!r}; packaged configs: {sorted(packaged)}"
-                       f"{f' (closest: {close})' if close else ''}.")
 
 
 def parse_sae(spec: str, sae_id: str | None = None) -> tuple[str, str | None]:

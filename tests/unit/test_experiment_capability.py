@@ -11,10 +11,10 @@ import torch
 
 from cgc_lens.allocate import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
+from cgc_lens.configargs import CONFIG_DIR
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.capability import (
-    CONFIG_DIR,
     CapabilityConfig,
     cli_arguments,
     run_capability,
@@ -147,6 +147,10 @@ def test_config_validation_json_and_cli(tmp_path):
     assert (medium.model, medium.block_len, medium.calibration_tokens, medium.eval_tokens,
             medium.d_sae, medium.k, medium.retention) == ("gpt2-medium", 512, 128 * 512,
                                                           32 * 512, 512, 25, 0.5)
+    assert CapabilityConfig.from_json("cgc_gpt2_medium") == medium  # a shipped config by name
+    assert CapabilityConfig.from_json("gpt2_medium") == medium
+    with pytest.raises(CgcLensError, match=r"closest: \['cgc_gpt2_medium'"):
+        CapabilityConfig.from_json("cgc_gpt2_meduim")
     assert CapabilityConfig.from_dict(CONFIG.to_dict()) == CONFIG
     parser = argparse.ArgumentParser()
     cli_arguments(parser)
