@@ -55,14 +55,17 @@ def gemma_scope_npz() -> bytes:
     return buf.getvalue()
 
 
+def _sae_weights(d_in: int, d_sae: int, *, seed: int) -> dict[str, torch.Tensor]:
+    """Small random SAE weights in SAELens's names, zero biases."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"W_enc": torch.randn(d_in, d_sae, generator=gen) / 20,
+            "W_dec": torch.randn(d_sae, d_in, generator=gen) / 20,
+            "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(d_in)}
+
+
 def pythia_res_sm_files(d_sae: int = 64) -> dict[str, bytes | str]:
     """A pre-6.0 SAELens folder like the real res-sm release (d_sae shrunk from 32768)."""
-    gen = torch.Generator().manual_seed(0)
-    weights = {
-        "W_enc": torch.randn(512, d_sae, generator=gen) / 20,
-        "W_dec": torch.randn(d_sae, 512, generator=gen) / 20,
-        "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(512),
-    }
+    weights = _sae_weights(512, d_sae, seed=0)
     cfg = {
         "model_name": "pythia-70m-deduped", "hook_point": "blocks.4.hook_resid_post",
         "hook_point_layer": 4, "d_in": 512, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
@@ -74,12 +77,7 @@ def pythia_res_sm_files(d_sae: int = 64) -> dict[str, bytes | str]:
 
 def kk_files(d_sae: int = 64) -> dict[str, bytes | str]:
     """Connor & Rob's hook_z format: a torch .pt state dict plus ``_cfg.json`` (d_sae shrunk)."""
-    gen = torch.Generator().manual_seed(1)
-    weights = {
-        "W_enc": torch.randn(768, d_sae, generator=gen) / 20,
-        "W_dec": torch.randn(d_sae, 768, generator=gen) / 20,
-        "b_enc": torch.zeros(d_sae), "b_dec": torch.zeros(768),
-    }
+    weights = _sae_weights(768, d_sae, seed=1)
     buf = io.BytesIO()
     torch.save(weights, buf)
     cfg = {"act_size": 768, "dict_size": d_sae, "act_name": "blocks.5.attn.hook_z"}

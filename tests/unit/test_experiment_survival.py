@@ -79,18 +79,23 @@ def codes(model, sae, tokens):
         return reading.features[target.key].reshape(-1, sae.cfg.d_sae).double().numpy()
 
 
+def _assert_r_is_corrcoef(result, model, sae, tokens, *, bits: int) -> None:
+    """The sweep's r of RTN INT``bits`` equals numpy.corrcoef on materialised codes (1e-9)."""
+    x = codes(model, sae, tokens)
+    with compressed(model, RTN(bits)):
+        y = codes(model, sae, tokens)
+    varies = (x.std(0) > 0) & (y.std(0) > 0)
+    assert varies.sum() >= 10
+    expected = np.array([np.corrcoef(x[:, i], y[:, i])[0, 1] for i in np.flatnonzero(varies)])
+    np.testing.assert_allclose(result.r[f"RTN INT{bits}"][varies], expected, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", ["topk", "relu"])
 def test_streaming_r_equals_corrcoef(kind, tokens):
     model, sae = make_tiny_model(), make_sae(kind)
     config = SurvivalConfig(bits=(6, 3), match_pruning=None, cache_mb=0.001, **FAST)
     result = run_survival(config, model=model, sae=sae, **tokens)
-    x = codes(model, sae, tokens["tokens"])
-    with compressed(model, RTN(3)):
-        y = codes(model, sae, tokens["tokens"])
-    varies = (x.std(0) > 0) & (y.std(0) > 0)
-    assert varies.sum() >= 10
-    expected = np.array([np.corrcoef(x[:, i], y[:, i])[0, 1] for i in np.flatnonzero(varies)])
-    np.testing.assert_allclose(result.r["RTN INT3"][varies], expected, rtol=0, atol=1e-9)
+    _assert_r_is_corrcoef(result, model, sae, tokens["tokens"], bits=3)
     assert result.conditions[0].tokens == tokens["tokens"].numel()
     assert result.info["n_chunks"] > 1  # the cache budget forced several chunks
 
@@ -225,13 +230,7 @@ def test_fast_sweep_matches_corrcoef(kind, tokens):
     model, sae = make_tiny_model(), _random_sae(kind, 32, 96, 6)
     config = SurvivalConfig(bits=(4,), match_pruning=None, cache_mb=0.001, **FAST)
     result = run_survival(config, model=model, sae=sae, **tokens)
-    x = codes(model, sae, tokens["tokens"])
-    with compressed(model, RTN(4)):
-        y = codes(model, sae, tokens["tokens"])
-    varies = (x.std(0) > 0) & (y.std(0) > 0)
-    assert varies.sum() >= 10
-    expected = np.array([np.corrcoef(x[:, i], y[:, i])[0, 1] for i in np.flatnonzero(varies)])
-    np.testing.assert_allclose(result.r["RTN INT4"][varies], expected, rtol=0, atol=1e-9)
+    _assert_r_is_corrcoef(result, model, sae, tokens["tokens"], bits=4)
     null = result.summary("reference")
     assert null.mean_corr == 1.0 and null.survived_pct == 100.0
 
