@@ -3,7 +3,7 @@
 Arms, measured round-robin in every repetition (medians and min–max over ``--reps``):
 
 - ``batched``: all heads as one ``BatchedTopKSAE`` (weights ``[n_heads_total, d_head, d_sae]``),
-  ``train_batched`` with the sparse kernel (``TrainConfig.kernel="sparse"``, the default);
+  ``train_batched`` with the sparse kernel (``TrainConfig.kernel="sparse"``, the CPU default);
 - ``batched-dense``: the same, with the dense autograd kernel (the trainer before the sparse
   kernel; ``kernel="dense"``);
 - ``loop-dense``: one head at a time, dense autograd kernel: a one-head TopK SAE trained the way

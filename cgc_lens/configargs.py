@@ -124,6 +124,8 @@ def resolve_config_path(path: str | Path, prefix: str = "") -> Path:
     file = Path(path).expanduser()
     if file.is_file():
         return file
+    if len(file.parts) > 1:  # a path, not a name: never swap in a shipped file of that name
+        raise CgcLensError(f"No config file {str(path)!r} (no such file).")
     packaged = {p.stem: p for p in CONFIG_DIR.glob("*.json")}
     stem = Path(str(path)).stem
     for key in (stem, f"{prefix}{stem}"):

@@ -135,8 +135,7 @@ class _Snapshot:
     def __init__(self, *, offload_to_cpu: bool, restore: Restore = "copy") -> None:
         self._offload = offload_to_cpu
         self._swap = restore == "swap"
-        self._dst: list[Tensor] = []
-        self._src: list[Tensor] = []
+        self._pairs: list[tuple[Tensor, Tensor]] = []  # (parameter tensor, its copy)
         self._swapped: list[tuple[nn.Parameter, Tensor]] = []
 
     def add(self, params: Sequence[nn.Parameter], *, rtn: RTN | None = None,
@@ -160,15 +159,17 @@ class _Snapshot:
                     rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
                                         convention=rtn.convention)
             else:
-                self._dst.extend(tensors)
-                self._src.extend(buf.unbind(0))
+                # one C-level call: an interrupt cannot leave a tensor without its copy
+                self._pairs.extend(zip(tensors, buf.unbind(0), strict=True))
                 if rtn is not None:  # scales from the copies, edits in the parameters
                     rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
                                         convention=rtn.convention, targets=tensors)
 
     def restore(self) -> None:
         with torch.no_grad():
-            _copy_all_(self._dst, self._src)
+            if self._pairs:
+                dst, src = zip(*self._pairs, strict=True)
+                _copy_all_(list(dst), list(src))
             for p, original in reversed(self._swapped):
                 p.data = original
 
@@ -296,9 +297,9 @@ class _Block:
         fused = not self.offload_to_cpu and _fusable_rtn(resolved)
         self._snapshot = snapshot = _Snapshot(offload_to_cpu=self.offload_to_cpu,
                                               restore=restore)
-        _ACTIVE.setdefault(self.model, []).append(self)
-        self._state = "open"
         try:
+            _ACTIVE.setdefault(self.model, []).append(self)
+            self._state = "open"
             if fused:  # snapshot and quantize one stack at a time, while it is in cache
                 op, refs, _ = resolved[0]
                 for group, axes in _groups(params, [r.out_axes for r in refs]):

@@ -50,6 +50,7 @@ __all__ = [
     "KLFitness",
     "block_labels",
     "calibration_pass",
+    "default_sample",
     "destruction",
     "effective_z_maps",
     "evaluate_allocations",
@@ -219,6 +220,12 @@ def block_labels(
     return torch.arange(len(blocks)), mode
 
 
+def default_sample(mode: str, n_blocks: int) -> int:
+    """Def 3's tokens sampled per category: 256 per corpus category; per-block categories
+    share ~4,096 tokens (at least 16 each)."""
+    return 256 if mode == "corpus" else max(16, 4096 // n_blocks)
+
+
 def head_density(
     model: HookedTransformer,
     blocks: TokenBlocks,
@@ -226,7 +233,7 @@ def head_density(
     *,
     categories: Literal["auto", "corpus", "block"] = "auto",
     config: DensityConfig | None = None,
-    sample_per_category: int = 128,
+    sample_per_category: int | None = None,
     seed: int = 0,
     batch_size: int = 8,
     progress: bool = True,
@@ -235,7 +242,8 @@ def head_density(
 
     One streamed pass reads ``hook_z`` of every layer, encodes each head with its SAE and
     accumulates breadth, entropy and the cross-input consistency sample (``sample_per_category``
-    tokens per category, drawn by ``seed``; categories as in :func:`block_labels`).
+    tokens per category, drawn by ``seed``; None: the study's rule, :func:`default_sample`;
+    categories as in :func:`block_labels`). Same readings as the capability study's density.
 
     Example:
         >>> from cgc_lens import load_model, token_blocks
@@ -246,10 +254,10 @@ def head_density(
         >>> tuple(res.density.shape)
         (4, 4)
     """
-    labels, _ = block_labels(blocks, categories)
-    stats = calibration_pass(model, blocks.tokens, labels, sae,
-                             sample_per_category=sample_per_category, seed=seed,
-                             batch_size=batch_size, progress=progress)
+    labels, mode = block_labels(blocks, categories)
+    sample = sample_per_category or default_sample(mode, len(blocks))
+    stats = calibration_pass(model, blocks.tokens, labels, sae, sample_per_category=sample,
+                             seed=seed, batch_size=batch_size, progress=progress)
     return capability_density(stats.features, config)
 
 

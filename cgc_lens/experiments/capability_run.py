@@ -30,6 +30,7 @@ from cgc_lens.experiments.capability_passes import (
     KLFitness,
     block_labels,
     calibration_pass,
+    default_sample,
     destruction,
     effective_z_maps,
     evaluate_allocations,
@@ -213,8 +214,7 @@ def run_study(config: CapabilityConfig, *, model: HookedTransformer | None = Non
     lap("load")
     sae = sae if sae is not None else _saes(config, model, calibration)
     lap("saes")
-    sample = config.sample_per_category or (
-        256 if cat_mode == "corpus" else max(16, 4096 // len(calibration)))
+    sample = config.sample_per_category or default_sample(cat_mode, len(calibration))
     maps = effective_z_maps(model.W_O, config.survival_retentions,
                             pruning=config.survival_pruning, seed=config.seed)
     stats = calibration_pass(model, calibration.tokens, cats, sae, sample_per_category=sample,

@@ -8,11 +8,15 @@
 - :class:`SparseEncoder`: SAELens's ``encode`` for its ``standard`` (ReLU), ``jumprelu`` and
   ``topk`` SAEs, returning those non-zeros directly instead of dense codes that the sweep would
   search again. The pre-activations are formed by the same float32 operations as SAELens's
-  (``(x - b_dec) @ W_enc + b_enc``), so the values are **bit-identical** to ``sae.encode``'s;
-  only the order of a TopK row's entries, and at an exact tie for the k-th largest
-  pre-activation which tied feature is kept, may differ (``torch.topk`` leaves both open too).
+  (``(x - b_dec) @ W_enc + b_enc``), so the values are **bit-identical** to ``sae.encode``'s
+  on the same rows in the same call shape (a matmul over ``[b·p, d]`` rows is not guaranteed to
+  round like one over ``[b, p, d]`` on every backend; the sweep sends the reference and every
+  condition through the same path, so r is unaffected); only the order of a TopK row's
+  entries, and at an exact tie for the k-th largest pre-activation which tied feature is kept,
+  may differ (``torch.topk`` leaves both open too).
   Any other SAE (other architectures, activation normalisation, decoder-norm rescaling, hooks
-  on the SAE's hook points, an ``encode`` replaced on the instance) keeps ``sae.encode``.
+  on the SAE's hook points, an ``encode`` or activation module replaced on the instance) keeps
+  ``sae.encode``. TopK's k is the one of the SAE's activation module, as in SAELens.
 
 Top-k in two stages (:func:`topk_rows`), exact. Split a row's d columns into G groups (column j
 in group ``j mod G``) and take each group's maximum. Every one of the row's top k values lies in
@@ -239,6 +243,16 @@ class SparseEncoder:
         if cfg.normalize_activations != "none" or getattr(cfg, "rescale_acts_by_decoder_norm",
                                                           False):
             return None
+        # The activation SAELens applies is the module built with the SAE (TopK keeps its own k,
+        # which may differ from a later-edited cfg.k); anything but the stock one: sae.encode.
+        act = getattr(sae, "activation_fn", None)
+        if kind == "topk":
+            from sae_lens.saes.topk_sae import TopK
+
+            if type(act) is not TopK or act.use_sparse_activations:
+                return None
+        elif type(act) is not torch.nn.ReLU:
+            return None
         return cls(sae, kind)
 
     @torch.no_grad()
@@ -251,7 +265,7 @@ class SparseEncoder:
         pre = torch.matmul(sae_in, sae.W_enc).add_(sae.b_enc)
         n, d = pre.shape
         if self.kind == "topk":
-            vals, cols = topk_rows(pre, sae.cfg.k)
+            vals, cols = topk_rows(pre, sae.activation_fn.k)
             return SparseCodes.of_rows(vals.relu_(), cols, d)
         active = pre > 0
         if self.kind == "jumprelu":

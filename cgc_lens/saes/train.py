@@ -63,10 +63,12 @@ class TrainConfig:
     """Seeds the weight init and the token order."""
     log_every: int = 100
     """Record the loss every this many steps."""
-    kernel: Literal["sparse", "dense"] = "sparse"
+    kernel: Literal["auto", "sparse", "dense"] = "auto"
     """``"sparse"``: loss and gradients from the k active latents per token, heads in chunks
     (:func:`topk_loss`); ``"dense"``: plain autograd on a dense ``[tokens, d_sae]`` code, as
-    SAELens trains TopK SAEs by default (:func:`topk_loss_dense`). Same maths, to float32."""
+    SAELens trains TopK SAEs by default (:func:`topk_loss_dense`). Same maths, to float32.
+    ``"auto"``: sparse on CPU, dense elsewhere (the sparse kernel, which builds CSR matrices
+    with unsorted columns for ``sampled_addmm``, is tested on CPU only so far)."""
     head_chunk: int | None = None
     """Heads per chunk of the sparse kernel; ``None``: 16 on CPU, all heads at once on GPU."""
 
@@ -79,9 +81,9 @@ class TrainConfig:
             raise CgcLensError(f"TrainConfig.lr must be > 0, got {self.lr!r}.")
         if self.aux_k_coef < 0:
             raise CgcLensError(f"TrainConfig.aux_k_coef must be ≥ 0, got {self.aux_k_coef!r}.")
-        if self.kernel not in ("sparse", "dense"):
+        if self.kernel not in ("auto", "sparse", "dense"):
             raise CgcLensError(
-                f"TrainConfig.kernel must be 'sparse' or 'dense', got {self.kernel!r}."
+                f"TrainConfig.kernel must be 'auto', 'sparse' or 'dense', got {self.kernel!r}."
             )
         if self.head_chunk is not None and (
             not isinstance(self.head_chunk, int) or isinstance(self.head_chunk, bool)
@@ -140,6 +142,13 @@ def topk_loss_dense(
     return loss
 
 
+def resolve_kernel(kernel: str, device: torch.device | str) -> Literal["sparse", "dense"]:
+    """The kernel ``"auto"`` stands for on ``device``: sparse on CPU, dense elsewhere."""
+    if kernel == "auto":
+        return "sparse" if torch.device(device).type == "cpu" else "dense"
+    return kernel  # type: ignore[return-value]
+
+
 def topk_loss(
     sae: BatchedTopKSAE, x: Float[Tensor, "n batch d_in"], since_fired: Int[Tensor, "n d_sae"],
     cfg: TrainConfig, dead_after: int,
@@ -148,12 +157,12 @@ def topk_loss(
     plus ``aux_k_coef`` × the AuxK loss once any latent is dead; updates ``since_fired``
     (tokens since each latent last fired) in place. ``x`` must not require grad.
 
-    ``cfg.kernel="sparse"`` (default) computes the loss and its gradients from the k active
-    latents per token, ``cfg.head_chunk`` heads at a time (see :func:`_sparse_chunk`);
+    ``cfg.kernel="sparse"`` (``"auto"`` on CPU) computes the loss and its gradients from the
+    k active latents per token, ``cfg.head_chunk`` heads at a time (see :func:`_sparse_chunk`);
     ``"dense"`` is :func:`topk_loss_dense`. Both give the same loss and gradients up to
     float32 rounding (``tests/unit/test_saes_per_head.py``).
     """
-    if cfg.kernel == "dense":
+    if resolve_kernel(cfg.kernel, x.device) == "dense":
         return topk_loss_dense(sae, x, since_fired, cfg, dead_after)
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     opts = _sparse_opts(sae, cfg, dead_after, x.device)
@@ -354,7 +363,8 @@ def train_batched(
     dead_after = cfg.dead_after_tokens or n_tokens
     since_fired = torch.zeros(sae.n, sae.cfg.d_sae, dtype=torch.long, device=device)
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
-    if cfg.kernel == "sparse":  # the kernel overwrites these every step: no allocation per step
+    sparse = resolve_kernel(cfg.kernel, device) == "sparse"
+    if sparse:  # the kernel overwrites these every step: no allocation per step
         opts = _sparse_opts(sae, cfg, dead_after, device)
         for p in params:
             p.grad = torch.zeros_like(p)
@@ -367,7 +377,7 @@ def train_batched(
             if result.steps >= total:
                 break
             x = acts[:, batch_idx.to(acts.device)].to(device=device, dtype=sae.W_enc.dtype)
-            if cfg.kernel == "sparse":
+            if sparse:
                 with torch.no_grad():
                     loss = _sparse_loss(params, x, since_fired,
                                         grads=[p.grad for p in params], **opts)

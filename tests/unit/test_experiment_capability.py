@@ -151,6 +151,8 @@ def test_config_validation_json_and_cli(tmp_path):
     assert CapabilityConfig.from_json("gpt2_medium") == medium
     with pytest.raises(CgcLensError, match=r"closest: \['cgc_gpt2_medium'"):
         CapabilityConfig.from_json("cgc_gpt2_meduim")
+    with pytest.raises(CgcLensError, match="no such file"):  # a missing path is never a name
+        CapabilityConfig.from_json(tmp_path / "cgc_gpt2_medium.json")
     assert CapabilityConfig.from_dict(CONFIG.to_dict()) == CONFIG
     parser = argparse.ArgumentParser()
     cli_arguments(parser)

@@ -207,6 +207,12 @@ def test_sparse_encoder_declines_what_it_cannot_reproduce():
     handle = sae.hook_sae_acts_post.register_forward_hook(lambda *a: None)
     assert SparseEncoder.for_target(target) is None
     handle.remove()
+    sae.cfg.k = 2  # SAELens keeps the k its activation module was built with; so must we
+    x = torch.randn(50, 32)
+    torch.testing.assert_close(SparseEncoder.for_target(target)(x).to_dense(), sae.encode(x),
+                               rtol=0, atol=0)
+    sae.activation_fn = torch.nn.Identity()  # a replaced activation: only sae.encode is exact
+    assert SparseEncoder.for_target(target) is None
     sae.cfg.normalize_activations = "constant_norm_rescale"
     assert SparseEncoder.for_target(target) is None
 
