@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 import torch
+from common import get_model
 
 from cgc_lens.ablation import (
     _check_model,
@@ -51,23 +52,6 @@ DEFAULTS = {  # blocks, seq, batch size, layers swept (None: all)
     "cgc-tiny-shapes": (8, 128, 8, None),
     "gpt2-medium-shapes": (1, 64, 1, (0, 8, 16, 23)),
 }
-
-
-def get_model(name: str, vocab: int | None):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if name == "cgc-tiny":
-        try:
-            from cgc_lens.models import load_model
-
-            return name, load_model("cgc-tiny", device="cpu")
-        except Exception as err:  # the embedded model may not be built yet; say so
-            print(f"(cgc-tiny not loadable: {type(err).__name__}; using random weights)")
-            name = "cgc-tiny-shapes"
-    shape = dict(SHAPES[name], **({"d_vocab": vocab} if vocab else {}))
-    cfg = HookedTransformerConfig(**shape, act_fn="gelu_new", normalization_type="LN",
-                                  model_name=name, device="cpu", seed=0)
-    return name, HookedTransformer(cfg).eval()
 
 
 @torch.no_grad()
@@ -120,7 +104,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    name, model = get_model(args.model, args.vocab)
+    name, model = get_model(args.model, SHAPES, args.vocab)
     blocks, seq, batch_size, layers = DEFAULTS[name]
     blocks, seq = args.blocks or blocks, min(args.seq or seq, model.cfg.n_ctx)
     batch_size, layers = args.batch_size or batch_size, args.layers or layers

@@ -39,6 +39,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 import torch
+from common import get_model
 
 from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, TrainConfig, site_activations
 from cgc_lens.saes.train import train_batched
@@ -50,22 +51,6 @@ SHAPES = {  # random TransformerLens models; hook_z does not depend on the vocab
                             d_vocab=2048, n_ctx=128),
 }
 WARM = 3
-
-
-def get_model(name: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if name not in SHAPES:
-        try:
-            from cgc_lens.models import load_model
-
-            return name, load_model(name, device="cpu")
-        except Exception as err:  # cgc-tiny may not be built yet: same shapes, and say so
-            print(f"({name} not loadable: {type(err).__name__}; using random weights)")
-            name = f"{name}-shapes"
-    cfg = HookedTransformerConfig(**SHAPES[name], act_fn="gelu_new", normalization_type="LN",
-                                  model_name=name, device="cpu", seed=0)
-    return name, HookedTransformer(cfg).eval()
 
 
 def clock(fn) -> tuple[float, float]:
@@ -122,7 +107,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     t0 = time.perf_counter()
-    name, model = get_model(args.model)
+    name, model = get_model(args.model, SHAPES)
     n_ctx = min(model.cfg.n_ctx, 128)
     tokens = torch.randint(0, model.cfg.d_vocab, (args.seqs, n_ctx))
     sae_cfg = BatchedSAEConfig.for_heads(model, expansion=8, k=25)

@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+from common import get_model
 
 from cgc_lens.sites import Site
 from cgc_lens.streaming import run_sites
@@ -26,22 +27,6 @@ SHAPES = {  # random TransformerLens models, for when no weights are at hand
     "gpt2-small-shapes": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
                               d_vocab=50257, n_ctx=1024),
 }
-
-
-def get_model(name: str):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    if name == "cgc-tiny":
-        try:
-            from cgc_lens.models import load_model
-
-            return name, load_model("cgc-tiny", device="cpu")
-        except Exception as err:  # the embedded model may not be built yet; say so
-            print(f"(cgc-tiny not loadable: {type(err).__name__}; using random weights)")
-            name = "cgc-tiny-shapes"
-    cfg = HookedTransformerConfig(**SHAPES[name], act_fn="gelu_new", normalization_type="LN",
-                                  model_name=name, device="cpu", seed=0)
-    return name, HookedTransformer(cfg).eval()
 
 
 class SumAccumulator:
@@ -65,7 +50,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=9)
     args = parser.parse_args()
     torch.manual_seed(0)
-    name, model = get_model(args.model)
+    name, model = get_model(args.model, SHAPES)
     seq = min(args.seq, model.cfg.n_ctx)
     tokens = torch.randint(0, model.cfg.d_vocab, (args.batches * args.batch_size, seq))
     print(f"model {name}: {model.cfg.n_layers} layers; {tokens.shape[0]} × {seq} tokens, "

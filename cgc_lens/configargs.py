@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import itertools
+import json
 import textwrap
 import types
 import typing
@@ -21,7 +22,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from cgc_lens.errors import CgcLensError
 
 __all__ = [
-    "CONFIG_DIR", "add_config_arguments", "config_from_arguments", "field_docs",
+    "CONFIG_DIR", "add_config_arguments", "config_from_arguments", "field_docs", "read_config",
     "resolve_config_path",
 ]
 
@@ -134,3 +135,22 @@ def resolve_config_path(path: str | Path, prefix: str = "") -> Path:
     close = difflib.get_close_matches(stem, list(packaged), n=3)
     raise CgcLensError(f"No config file {str(path)!r}; packaged configs in {CONFIG_DIR}: "
                        f"{sorted(packaged)}{f' (closest: {close})' if close else ''}.")
+
+
+def read_config(path: str | Path, prefix: str = "") -> dict[str, Any]:
+    """The JSON object of a config file or shipped config (:func:`resolve_config_path`), without
+    its ``_comment`` key.
+
+    Example:
+        >>> read_config("survival_pythia70m")["model"]
+        'pythia-70m-deduped'
+    """
+    file = resolve_config_path(path, prefix)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CgcLensError(f"Config {file} is not valid JSON: {err}.") from err
+    if not isinstance(data, dict):
+        raise CgcLensError(f"Config {file} must hold a JSON object, got {type(data).__name__}.")
+    data.pop("_comment", None)
+    return data

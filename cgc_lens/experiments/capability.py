@@ -30,7 +30,7 @@ from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.configargs import (
     add_config_arguments,
     config_from_arguments,
-    resolve_config_path,
+    read_config,
 )
 from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.capability_result import CapabilityResult
@@ -207,12 +207,7 @@ class CapabilityConfig:
             >>> CapabilityConfig.from_json("cgc_gpt2_medium").model
             'gpt2-medium'
         """
-        path = resolve_config_path(path, prefix="cgc_")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise CgcLensError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_config(path, prefix="cgc_"))
 
 
 def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> CapabilityResult:

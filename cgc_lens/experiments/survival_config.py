@@ -10,7 +10,6 @@ condition (``null``), one RTN condition per entry of ``bits``, any :class:`PlanC
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +17,7 @@ from typing import Any, Literal
 from cgc_lens.analysis.survival import SurvivalThresholds
 from cgc_lens.compress import Plan
 from cgc_lens.compress.quantize import check_bits
-from cgc_lens.configargs import CONFIG_DIR, resolve_config_path
+from cgc_lens.configargs import CONFIG_DIR, read_config
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
 
@@ -333,15 +332,7 @@ class SurvivalConfig:
             >>> SurvivalConfig.from_json("survival_pythia70m").model
             'pythia-70m-deduped'
         """
-        file = resolve_config_path(path, prefix="survival_")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise CgcLensError(f"Config {file} is not valid JSON: {err}.") from err
-        if not isinstance(data, dict):
-            raise CgcLensError(f"Config {file} must hold a JSON object, got {type(data).__name__}.")
-        data.pop("_comment", None)
-        return cls.from_dict(data)
+        return cls.from_dict(read_config(path, prefix="survival_"))
 
     def replace(self, **changes: Any) -> SurvivalConfig:
         """A copy with some fields changed (``dataclasses.replace``)."""
