@@ -95,7 +95,8 @@ def test_hooks_are_removed_even_when_an_accumulator_raises(tiny_model):
     assert all(not hp._forward_hooks for hp in tiny_model.hook_dict.values())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="checks streaming on a CUDA device; no CUDA device here")
 def test_runs_on_cuda(tiny_model):
     model = tiny_model.to("cuda")
     rec = Recorder()

@@ -204,7 +204,8 @@ def test_reference_threshold_and_never_firing_feature():
         ReferenceAccumulator(2).merge(ReferenceAccumulator(2, fire_threshold=1.0).update(x))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="checks the float64 sums on a CUDA device against CPU; no CUDA here")
 def test_cuda_matches_cpu():
     ref, other = sae_like(sum(BATCHES), 16, noise=0.3)
     cpu = accumulate(ref, other)
