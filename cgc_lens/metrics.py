@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PerplexityResult",
+    "bos_token_id",
     "kl_divergence",
     "perplexity",
     "perplexity_result",
@@ -104,7 +105,9 @@ def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int) -> None:
                            f"[{int(tokens.min())}, {int(tokens.max())}].")
 
 
-def _bos(model: HookedTransformer) -> int:
+def bos_token_id(model: HookedTransformer) -> int:
+    """The id of the bos token fed before each block with ``prepend_bos``; raises when the
+    model's tokenizer has none."""
     bos = getattr(model.tokenizer, "bos_token_id", None)
     if bos is None:
         raise CgcLensError(f"Expected a model whose tokenizer has a bos token for "
@@ -153,7 +156,7 @@ def perplexity_result(
     if rows.ndim != 2 or rows.numel() == 0:
         raise CgcLensError(f"Expected non-empty tokens [batch, pos] or [pos], got shape "
                            f"{tuple(rows.shape)}.")
-    bos = _bos(model) if prepend_bos else None
+    bos = bos_token_id(model) if prepend_bos else None
     width = window if window is not None else rows.shape[1]
     _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None))
     # (row, begin, end, score_from) per forward pass, grouped by length to batch them

@@ -28,7 +28,7 @@ import torch
 from cgc_lens.errors import CgcLensError, unknown_name
 
 if TYPE_CHECKING:
-    from transformer_lens import HookedTransformer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 __all__ = [
@@ -184,21 +184,27 @@ def _require_embedded(path: Path) -> Path:
     return path
 
 
+def _embedded_config(path: Path, **overrides: Any) -> HookedTransformerConfig:
+    """The HookedTransformerConfig of a folder in the embedded layout (its saved device
+    dropped), with ``overrides``."""
+    from transformer_lens import HookedTransformerConfig
+
+    kwargs = json.loads((_require_embedded(path) / "config.json").read_text())
+    kwargs.pop("device", None)
+    try:
+        return HookedTransformerConfig(**{**kwargs, **overrides})
+    except (TypeError, ValueError, AssertionError) as err:
+        raise CgcLensError(f"Bad HookedTransformerConfig in {path / 'config.json'}: {err}") from err
+
+
 def _load_embedded(
     path: Path, name: str, device: Any, dtype: torch.dtype | None, processing: bool
 ) -> HookedTransformer:
     from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
 
-    cfg_kwargs = json.loads((_require_embedded(path) / "config.json").read_text())
-    cfg_kwargs.pop("device", None)
-    cfg_kwargs["dtype"] = dtype or torch.float32
-    if device is not None:
-        cfg_kwargs["device"] = str(device)
-    try:
-        cfg = HookedTransformerConfig(**cfg_kwargs)
-    except (TypeError, ValueError, AssertionError) as err:
-        raise CgcLensError(f"Bad HookedTransformerConfig in {path / 'config.json'}: {err}") from err
+    cfg = _embedded_config(path, dtype=dtype or torch.float32,
+                           **({"device": str(device)} if device is not None else {}))
     model = HookedTransformer(cfg, tokenizer=_wrap_tokenizer(path / "tokenizer.json", name))
     state = load_file(str(path / "model.safetensors"), device="cpu")
     # The attention masks (`mask`, `IGNORE`) are buffers the constructor rebuilds; every
@@ -332,20 +338,13 @@ def load_model_shape(name_or_path: str | Path) -> HookedTransformer:
     """
     import dataclasses
 
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens import HookedTransformer
     from transformer_lens import loading_from_pretrained as loading
 
     name = str(name_or_path)
     path = Path(name).expanduser()
     if name in EMBEDDED_MODELS or (path.is_dir() and _is_embedded_layout(path)):
-        folder = embedded_asset_dir(name) if name in EMBEDDED_MODELS else path
-        kwargs = json.loads((_require_embedded(folder) / "config.json").read_text())
-        kwargs.pop("device", None)
-        try:
-            cfg = HookedTransformerConfig(**kwargs)
-        except (TypeError, ValueError, AssertionError) as err:
-            raise CgcLensError(f"Bad HookedTransformerConfig in {folder / 'config.json'}: "
-                               f"{err}") from err
+        cfg = _embedded_config(embedded_asset_dir(name) if name in EMBEDDED_MODELS else path)
     elif path.is_dir():
         from transformers import AutoConfig
 

@@ -29,6 +29,7 @@ from einops import rearrange
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from cgc_lens.adaptive.objective import ema_update
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.per_head import tied_unit_init
@@ -205,7 +206,7 @@ class AdaptiveCompressor(nn.Module):
     def update_importance(self, acts: Float[Tensor, "n tokens d_sae"]) -> None:
         """Eq. 2 for one step: ``g ← α g + (1 − α) · mean_t 1[a_t > 0]`` (ungated ``acts``)."""
         rate = (acts > 0).to(self.importance.dtype).mean(1)
-        self.importance.mul_(self.cfg.ema_decay).add_((1 - self.cfg.ema_decay) * rate)
+        self.importance.copy_(ema_update(self.importance, rate, self.cfg.ema_decay))
 
     @torch.no_grad()
     def set_retention(self, retention: float) -> None:

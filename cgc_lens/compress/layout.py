@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from jaxtyping import Shaped
 from torch import Tensor
 
-from cgc_lens.errors import CgcLensError, unknown_name
+from cgc_lens.errors import CgcLensError
 
 __all__ = [
     "ATTN_WEIGHTS",
@@ -35,7 +35,6 @@ __all__ = [
     "as_matrix",
     "from_matrix",
     "in_axes",
-    "out_axes_of",
 ]
 
 ATTN_WEIGHTS: tuple[str, ...] = ("W_Q", "W_K", "W_V", "W_O")
@@ -56,18 +55,6 @@ OUT_AXES: dict[str, tuple[int, ...]] = {
 
 HEAD_AXIS = 0
 """The head axis of every attention weight."""
-
-
-def out_axes_of(name: str) -> tuple[int, ...]:
-    """The output-channel axes of the TransformerLens weight called ``name``.
-
-    Example:
-        >>> out_axes_of("W_O")
-        (2,)
-    """
-    if name not in OUT_AXES:
-        raise unknown_name("weight", name, OUT_AXES)
-    return OUT_AXES[name]
 
 
 def in_axes(ndim: int, out_axes: Sequence[int]) -> tuple[int, ...]:

@@ -42,12 +42,9 @@ class Step:
         if self.targets is not None and not isinstance(self.targets, Targets):
             raise CgcLensError(f"Step.targets must be Targets or None, got {self.targets!r}.")
 
-    def resolve(self, model: HookedTransformer) -> tuple[WeightRef, ...]:
-        """The weights this step edits on ``model``; raises before any edit if it cannot."""
-        return tuple(ref for ref, _ in self.resolve_params(model))
-
     def resolve_params(self, model: HookedTransformer) -> list[tuple[WeightRef, nn.Parameter]]:
-        """:meth:`resolve` with each weight's parameter alongside its reference."""
+        """The weights this step edits on ``model`` with their parameters; raises before any
+        edit if it cannot."""
         pairs = (self.targets or self.operator.default_targets()).resolve_params(model)
         self.operator.check_refs([ref for ref, _ in pairs])
         return pairs

@@ -57,7 +57,6 @@ from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.survival_conditions import (
     Condition,
-    bos_token,
     condition_perplexities,
     resolve_conditions,
     sae_target,
@@ -76,6 +75,7 @@ from cgc_lens.experiments.survival_result import (
     SurvivalResult,
 )
 from cgc_lens.experiments.survival_stream import SweepSums, stream_conditions
+from cgc_lens.metrics import bos_token_id
 from cgc_lens.models import load_model
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.sites import layer_of
@@ -198,7 +198,7 @@ def run_survival(
     sums = stream_conditions(
         model, feats, targets, [(c.name, c.plan) for c in conds], batch_size=config.batch_size,
         n_shards=config.n_shards, cache_bytes=int(config.cache_mb * 2**20),
-        bos=bos_token(model) if config.prepend_bos else None, progress=config.progress)
+        bos=bos_token_id(model) if config.prepend_bos else None, progress=config.progress)
     t0 = time.perf_counter()
     ppl = condition_perplexities(config, model, conds, sets["eval"])
     t_ppl = time.perf_counter() - t0

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
-    "Condition", "bos_token", "condition_perplexities", "edited", "resolve_conditions",
+    "Condition", "condition_perplexities", "edited", "resolve_conditions",
     "sae_target", "token_sets",
 ]
 
@@ -70,15 +70,6 @@ def sae_target(model: HookedTransformer, sae: SAE | None, spec: tuple[str, str |
             raise CgcLensError(f"{err} The default SAE is cgc-tiny's; pass --sae for "
                                f"{config.model}.") from err
         raise
-
-
-def bos_token(model: HookedTransformer) -> int:
-    """The tokenizer's bos id (for ``prepend_bos``)."""
-    bos = getattr(model.tokenizer, "bos_token_id", None)
-    if bos is None:
-        raise CgcLensError(f"prepend_bos needs a tokenizer with a bos token; "
-                           f"{model.cfg.model_name} has none.")
-    return int(bos)
 
 
 def _as_tokens(tokens: Tensor | TokenBlocks, d_vocab: int, what: str) -> Tensor:

@@ -43,9 +43,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cgc_lens.analysis.streaming_stats import PearsonAccumulator, ReferenceAccumulator
-from cgc_lens.compress import Plan, compressed
+from cgc_lens.compress import Plan
 from cgc_lens.errors import CgcLensError
 from cgc_lens.experiments.survival_codes import SparseCodes, SparseEncoder
+from cgc_lens.experiments.survival_conditions import edited
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.streaming import stop_layer
 
@@ -204,8 +205,7 @@ def stream_conditions(
             sums.cache_peak_bytes = max(sums.cache_peak_bytes, held)
             sums.n_chunks += 1
             for c, (_, plan) in enumerate(conditions):
-                edit = contextlib.nullcontext() if plan is None else compressed(model, plan)
-                with edit:
+                with edited(model, plan):
                     for j, ref_codes in cache:
                         for key, y_codes in reader.read(model, batches[j], stop, bos).items():
                             block = sums.cond_sums[key][c, shard_of[j]]
