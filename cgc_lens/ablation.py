@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from cgc_lens.compress.prune import check_fraction, head_prune_
 from cgc_lens.errors import CgcLensError
+from cgc_lens.metrics import check_token_ids, log_probs
 from cgc_lens.sites import Head, hook_name
 from cgc_lens.streaming import iter_batches, run_sites
 
@@ -136,9 +137,7 @@ def _check_tokens(model: HookedTransformer, tokens: Tensor) -> Tensor:
     if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.shape[1] < 2:
         shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
         raise CgcLensError(f"Expected token blocks [n_blocks, pos >= 2], got {shape}.")
-    if int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab:
-        raise CgcLensError(f"Expected token ids in [0, d_vocab={model.cfg.d_vocab}), got "
-                           f"[{int(tokens.min())}, {int(tokens.max())}].")
+    check_token_ids(model, tokens)
     return tokens
 
 
@@ -146,11 +145,6 @@ def _heads(model: HookedTransformer, heads: Sequence[Head] | None) -> list[Head]
     if heads is None:
         return [Head(ell, h) for ell in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
     return sorted({Head(int(h.layer), int(h.head)).check(model) for h in heads})
-
-
-def _logp(logits: Tensor) -> Tensor:
-    """log_softmax in at least float32 (float64 models keep float64)."""
-    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def _losses(logp: Tensor, tokens: Tensor, ref_logp: Tensor, ref_p: Tensor) -> tuple[Tensor, Tensor]:
@@ -220,7 +214,7 @@ def _sweep(
     for rows in batches:
         batch = rows.to(device)
         with model.hooks(fwd_hooks=hooks):
-            ref_logp = _logp(model(batch, return_type="logits"))
+            ref_logp = log_probs(model(batch, return_type="logits"))
         ref_p = ref_logp.exp()
         b, pos = batch.shape
         d_nll = float(_losses(ref_logp, batch, ref_logp, ref_p)[0])
@@ -239,7 +233,7 @@ def _sweep(
                 delta = einsum(zc, torch.stack([e.delta_w for e in chunk]).to(zc),
                                "b p e d, e d m -> e b p m")
                 stacked = rearrange(resid[None] - delta, "e b p m -> (e b) p m")
-                logp = _logp(_finish(model, ell, stacked, start)).view(len(chunk), b, pos, -1)
+                logp = log_probs(_finish(model, ell, stacked, start)).view(len(chunk), b, pos, -1)
                 e_nll, e_kl = _losses(logp, batch, ref_logp, ref_p)
                 sel = idx[lo:lo + per_pass]
                 nll[sel] += e_nll.cpu().numpy()
@@ -392,7 +386,7 @@ def _sweep_naive(
                leave=False)
     for rows in batches:
         batch = rows.to(device)
-        ref_logp = _logp(model(batch, return_type="logits"))
+        ref_logp = log_probs(model(batch, return_type="logits"))
         ref_p = ref_logp.exp()
         dense_nll += float(_losses(ref_logp, batch, ref_logp, ref_p)[0])
         n_scored, n_pos = n_scored + batch.shape[0] * (batch.shape[1] - 1), n_pos + batch.numel()
@@ -403,7 +397,7 @@ def _sweep_naive(
                 return z
 
             with model.hooks(fwd_hooks=[(hook_name("z", layer=e.head.layer), ablate)]):
-                logp = _logp(model(batch, return_type="logits"))
+                logp = log_probs(model(batch, return_type="logits"))
             a, k = _losses(logp, batch, ref_logp, ref_p)
             nll[i] += float(a)
             kl[i] += float(k)

@@ -20,12 +20,19 @@ if TYPE_CHECKING:
 __all__ = [
     "PerplexityResult",
     "bos_token_id",
+    "check_token_ids",
     "kl_divergence",
+    "log_probs",
     "perplexity",
     "perplexity_result",
     "token_nll",
     "unigram_perplexity",
 ]
+
+
+def log_probs(logits: Tensor) -> Tensor:
+    """``log_softmax`` over the vocabulary in at least float32 (float64 stays float64)."""
+    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def token_nll(
@@ -45,8 +52,7 @@ def token_nll(
         >>> token_nll(logits.double(), torch.tensor([[0, 1, 2]])).dtype
         torch.float64
     """
-    logits = logits[:, :-1]
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    logp = log_probs(logits[:, :-1])
     return -logp.gather(-1, tokens[:, 1:, None]).squeeze(-1)
 
 
@@ -100,6 +106,11 @@ def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int) -> None:
     if n_ctx is not None and width > n_ctx:
         raise CgcLensError(f"Expected inputs of at most n_ctx={n_ctx} tokens (bos included), got "
                            f"{width}; use shorter blocks or a sliding window.")
+    check_token_ids(model, tokens)
+
+
+def check_token_ids(model: HookedTransformer, tokens: Tensor) -> None:
+    """Raise unless every id in ``tokens`` is in ``[0, d_vocab)``."""
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab):
         raise CgcLensError(f"Expected token ids in [0, d_vocab={model.cfg.d_vocab}), got "
                            f"[{int(tokens.min())}, {int(tokens.max())}].")

@@ -260,14 +260,16 @@ class FeatureAccumulator:
             if rows.size == 0:
                 continue
             bits = self._pack(x[rows], None if v is None else v[rows], topk)
-            new = (keys[rows], tok[rows], bits)
-            merged = (
-                new
-                if old is None
-                else tuple(np.concatenate([a, b]) for a, b in zip(old, new, strict=True))
-            )
-            keep = np.argsort(merged[0], kind="stable")[: self.sample_per_category]
-            self._res[ell][c] = tuple(a[keep] for a in merged)
+            self._keep_bottom_k(ell, c, (keys[rows], tok[rows], bits))
+
+    def _keep_bottom_k(self, ell: int, c: int, new: tuple[np.ndarray, ...]) -> None:
+        """Merge ``(keys, token positions, packed bits)`` into category ``c``'s sample of layer
+        ``ell``, keeping the ``sample_per_category`` smallest keys (ties: earlier first)."""
+        old = self._res[ell].get(c)
+        merged = new if old is None else tuple(
+            np.concatenate([a, b]) for a, b in zip(old, new, strict=True))
+        keep = np.argsort(merged[0], kind="stable")[: self.sample_per_category]
+        self._res[ell][c] = tuple(a[keep] for a in merged)
 
     def _pack(self, x: Tensor, v: Tensor | None, topk: bool) -> np.ndarray:
         """Active sets of a few tokens as packed bits ``[m, n_heads, ceil(F / 8)]``."""
@@ -296,15 +298,7 @@ class FeatureAccumulator:
                     raise CgcLensError(
                         "The shards share token positions; give each a distinct token_offset."
                     )
-                merged = (
-                    (keys, toks, bits)
-                    if old is None
-                    else tuple(
-                        np.concatenate([a, b]) for a, b in zip(old, (keys, toks, bits), strict=True)
-                    )
-                )
-                keep = np.argsort(merged[0], kind="stable")[: self.sample_per_category]
-                self._res[ell][c] = tuple(a[keep] for a in merged)
+                self._keep_bottom_k(ell, c, (keys, toks, bits))
             for c, n in other._cat_counts[ell].items():
                 self._cat_counts[ell][c] = self._cat_counts[ell].get(c, 0) + n
         self.counts_ += other.counts_

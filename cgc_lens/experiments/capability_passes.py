@@ -28,7 +28,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from cgc_lens.ablation import _logp, _losses
+from cgc_lens.ablation import _losses
 from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
@@ -40,6 +40,7 @@ from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
+from cgc_lens.metrics import log_probs
 from cgc_lens.probes import run_probes
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.sites import Head, hook_name
@@ -281,7 +282,7 @@ class KLFitness:
         self.tokens = tokens[:rows].to(model.cfg.device)
         self.calls = 0
         with torch.no_grad():
-            self._ref = [_logp(model(b, return_type="logits")) for b in
+            self._ref = [log_probs(model(b, return_type="logits")) for b in
                          self.tokens.split(batch_size)]
 
     def rows(self, n_tokens: int) -> int:
@@ -297,7 +298,8 @@ class KLFitness:
                 break
             take = min(rows - count, batch.shape[0])
             b, r = batch[:take], ref[:take]
-            total += float(_losses(_logp(self.model(b, return_type="logits")), b, r, r.exp())[1])
+            logp = log_probs(self.model(b, return_type="logits"))
+            total += float(_losses(logp, b, r, r.exp())[1])
             count += take
         return total / (rows * self.tokens.shape[1])
 
@@ -331,11 +333,11 @@ def evaluate_allocations(
     for rows in tqdm(batches, total=n_batches, desc="evaluate allocations", disable=not progress,
                      leave=False):
         batch = rows.to(device)
-        ref = _logp(model(batch, return_type="logits"))
+        ref = log_probs(model(batch, return_type="logits"))
         ref_p = ref.exp()
         for name in names:
             with compressed(model, HeadPrune(dict(allocations[name]))):
-                a, k = _losses(_logp(model(batch, return_type="logits")), batch, ref, ref_p)
+                a, k = _losses(log_probs(model(batch, return_type="logits")), batch, ref, ref_p)
             nll[name] += float(a)
             kl[name] += float(k)
         n_scored += batch.shape[0] * (batch.shape[1] - 1)
