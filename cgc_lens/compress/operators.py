@@ -31,7 +31,7 @@ from cgc_lens.compress.quantize import (
     Convention,
     check_bits,
     rtn_quantize_,
-    rtn_quantize_many_,
+    rtn_quantize_stack_,
 )
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.compress.wanda import InputNorms, collect_input_norms
@@ -194,7 +194,8 @@ class RTN(Operator):
                 else:
                     self.apply_(w, ref)
             for (_, _, out_axes), ws in groups.items():
-                rtn_quantize_many_(ws, self.bits, out_axes=out_axes, convention=self.convention)
+                rtn_quantize_stack_(torch.stack(ws), self.bits, out_axes=out_axes,
+                                    convention=self.convention, targets=ws)
         stats = EditStats(bits=self.bits)
         return [stats] * len(weights)
 

@@ -214,23 +214,6 @@ def rtn_quantize_(
         return _quantize_(w, bits, out_axes, convention)
 
 
-def rtn_quantize_many_(
-    weights: Sequence[Tensor], bits: int, *, out_axes: Sequence[int],
-    convention: Convention = "symmetric",
-) -> None:
-    """:func:`rtn_quantize_` on same-shaped float tensors at once: one stacked pass.
-
-    Many small tensors (cgc-tiny has 128-wide weights) cost more in per-op overhead than in
-    arithmetic, so they are stacked, quantized together and copied back in one call.
-    """
-    if bits == 16 or not weights:
-        return
-    stacked = torch.stack(list(weights))
-    dims = tuple(a + 1 for a in in_axes(stacked.ndim - 1, out_axes))
-    _apply_(stacked, *_params(stacked, bits, dims, convention))
-    torch._foreach_copy_(list(weights), list(stacked.unbind(0)))
-
-
 def _amax_keepdim(x: Tensor, dims: tuple[int, ...], fn: str = "amax") -> Tensor:
     """``x.amax(dims, keepdim=True)`` (or ``fn``, e.g. ``"amin"``), over one merged axis when
     ``dims`` are adjacent.

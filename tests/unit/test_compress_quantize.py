@@ -9,7 +9,7 @@ from torch import nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cgc_lens.compress import OUT_AXES, RTN, Targets, compressed, rtn_qparams, rtn_quantize
-from cgc_lens.compress.quantize import rtn_quantize_, rtn_quantize_many_, rtn_quantize_stack_
+from cgc_lens.compress.quantize import rtn_quantize_, rtn_quantize_stack_
 from cgc_lens.errors import CgcLensError
 
 N_HEADS, D_MODEL, D_HEAD, D_MLP = 3, 20, 6, 24
@@ -165,7 +165,7 @@ def test_other_dtypes_compute_in_float32_or_64(dtype):
 def test_stacked_path_equals_one_by_one():
     ws = [weight("W_Q", s) for s in range(5)]
     expected = [rtn_quantize(w, 5, out_axes=(0, 2)) for w in ws]
-    rtn_quantize_many_(ws, 5, out_axes=(0, 2))
+    rtn_quantize_stack_(torch.stack(ws), 5, out_axes=(0, 2), targets=ws)
     assert all(torch.equal(a, b) for a, b in zip(ws, expected, strict=True))
 
 
