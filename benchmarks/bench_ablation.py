@@ -2,7 +2,7 @@
 
 Three timings, interleaved in one run (medians and minima over ``--reps``):
 
-- **sweep**: ``cgc_lens.ablation.head_ablation`` as the study calls it (one dense forward per
+- **sweep**: ``cgc_lens.forward.ablation.head_ablation`` as the study calls it (one dense forward per
   batch caching ``hook_z`` and ``hook_resid_mid``, then per head: subtract its contribution,
   rest of block ℓ, blocks > ℓ, unembedding, NLL and KL; ``--heads-per-pass`` heads of a layer
   stacked, 1 by default as the library does on CPU);
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from common import get_model
 
-from cgc_lens.ablation import (
+from cgc_lens.forward.ablation import (
     _check_model,
     _finish,
     _logp,
@@ -112,7 +112,7 @@ def main() -> None:
     heads = [Head(ell, h) for ell in layers for h in range(model.cfg.n_heads)]
     per_pass = args.heads_per_pass or 1  # the library's CPU default (stacking helps on CUDA)
     if name == "cgc-tiny":  # real text from its held-out split
-        from cgc_lens.data import token_blocks
+        from cgc_lens.data.corpus import token_blocks
 
         tokens = token_blocks("cgc-tiny", model, block_len=seq, n_blocks=blocks, seed=1,
                               split="eval").tokens

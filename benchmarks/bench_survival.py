@@ -2,7 +2,7 @@
 
 **Time.** A sweep over C conditions (the null, RTN 8..4 and a magnitude-pruning plan: C = 7)
 streams the reference once and each condition once, through the frozen SAE, into float64 sums
-(:func:`cgc_lens.experiments.survival_stream.stream_conditions`). It is timed side by side
+(:func:`cgc_lens.studies.survival.passes.stream_conditions`). It is timed side by side
 (arms interleaved, the order rotated each repetition; medians, paired ratios and their range)
 with (1 + C) bare ``model(tokens, stop_at_layer=ℓ + 1)`` passes over the same batches (target:
 ratio <= 1.2) and with the floors no audit can go below: (1 + C) such passes that also form the
@@ -96,8 +96,8 @@ def conditions():
 
 def time_sweep(args: argparse.Namespace) -> None:
     from cgc_lens.compress import compressed
-    from cgc_lens.experiments.survival_codes import topk_rows
-    from cgc_lens.experiments.survival_stream import stream_conditions
+    from cgc_lens.studies.survival.codes import topk_rows
+    from cgc_lens.studies.survival.passes import stream_conditions
     from cgc_lens.saes import validate_sae
 
     label, model, sae, layer = model_and_sae(args.model, args.d_sae, args.sae_kind, args.k,
@@ -216,7 +216,7 @@ def time_sweep(args: argparse.Namespace) -> None:
 
 def memory_child(args: argparse.Namespace) -> None:
     """One audit in this process; print its peak RSS (MiB) and the RSS before the run."""
-    from cgc_lens.experiments.survival import SurvivalConfig, run_survival
+    from cgc_lens.studies.survival.run import SurvivalConfig, run_survival
 
     _, model, sae, _ = model_and_sae(args.model, args.d_sae, args.sae_kind, args.k,
                                     args.layer)

@@ -1,6 +1,6 @@
 """cgc-lens: what compression does to a language model's inside."""
 
-from cgc_lens.allocate import Allocation, cgc_f, cgc_l, inverted, uniform
+from cgc_lens.analysis.allocation import Allocation, cgc_f, cgc_l, inverted, uniform
 from cgc_lens.analysis import capability_density
 from cgc_lens.compress import (
     RTN,
@@ -15,12 +15,12 @@ from cgc_lens.compress import (
     compressed,
     match_level,
 )
-from cgc_lens.data import Corpus, TokenBlocks, load_corpus, sliding_windows, token_blocks
+from cgc_lens.data.corpus import Corpus, TokenBlocks, load_corpus, sliding_windows, token_blocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments import head_density
-from cgc_lens.metrics import kl_divergence, perplexity, perplexity_result, token_nll
+from cgc_lens.studies import head_density
+from cgc_lens.forward.metrics import kl_divergence, perplexity, perplexity_result, token_nll
 from cgc_lens.models import embedded_asset_dir, load_model, load_model_shape, load_tokenizer
-from cgc_lens.probes import run_probes
+from cgc_lens.forward.probes import run_probes
 from cgc_lens.sites import MLP, Head, Site, hook_name
 
 __version__ = "0.1.0"

@@ -52,7 +52,7 @@ def _info_args(parser: argparse.ArgumentParser) -> None:
 def _info(args: argparse.Namespace) -> int:
     import torch
 
-    from cgc_lens.results import versions
+    from cgc_lens.io.results import versions
 
     info = {
         "versions": versions(),
@@ -92,8 +92,8 @@ def _ppl_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from cgc_lens.data import token_blocks
-    from cgc_lens.metrics import perplexity_result
+    from cgc_lens.data.corpus import token_blocks
+    from cgc_lens.forward.metrics import perplexity_result
     from cgc_lens.models import load_model
 
     model = load_model(args.model, device=args.device)
@@ -112,11 +112,11 @@ def _ppl(args: argparse.Namespace) -> int:
 _command("ppl", "perplexity of a model on a corpus (chunked or sliding window)")((_ppl_args, _ppl))
 
 _STUDIES = {
-    "survival": ("cgc_lens.experiments.survival",
+    "survival": ("cgc_lens.studies.survival.run",
                  "feature-survival audit of a frozen SAE under compression"),
-    "cgc": ("cgc_lens.experiments.capability",
+    "cgc": ("cgc_lens.studies.capability.config",
             "capability-guided compression: density, Wanda, ablation, allocations"),
-    "adaptive": ("cgc_lens.experiments.adaptive",
+    "adaptive": ("cgc_lens.studies.adaptive.run",
                  "AdaptiveCompress residual compressor beside a TopK SAE"),
 }
 
@@ -208,7 +208,7 @@ def render_cli_markdown() -> str:
         "     cgc_lens/cli.py; do not edit by hand. -->",
         "",
         "`cgc-lens [-v] COMMAND ...`; `-v` / `--verbose` logs at DEBUG. The commands are thin",
-        "wrappers over the library (`cgc_lens.experiments` for the three studies).",
+        "wrappers over the library (`cgc_lens.studies` for the three studies).",
         "Every command takes `-h` / `--help`. The study commands (`survival`, `cgc`, `adaptive`)",
         "have one option per field of their config dataclass; the field's docstring is the help.",
         "A `CgcLensError` (bad input, missing weights offline) prints `cgc-lens COMMAND: error:",

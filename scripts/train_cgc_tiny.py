@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from cgc_lens.corpus_synth import synthetic_documents
+from cgc_lens.data.synth import synthetic_documents
 
 ASSETS = Path(__file__).resolve().parents[1] / "cgc_lens" / "assets" / "cgc-tiny"
 EOS = "<|endoftext|>"

@@ -1,5 +1,5 @@
 """AdaptiveCompress: an EMA-importance residual compressor, its training, evaluation and
-collapse checks (the study itself is :mod:`cgc_lens.experiments.adaptive`)."""
+collapse checks (the study itself is :mod:`cgc_lens.studies.adaptive.run`)."""
 
 from cgc_lens.adaptive.compressor import AdaptiveCompressor, CompressorConfig, n_retained
 from cgc_lens.adaptive.data import StudyData, document_tokens, study_data

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from cgc_lens.adaptive.evaluate import LabelledTokens
 from cgc_lens.analysis.probing import load_probing_corpus
-from cgc_lens.data import Corpus, TokenBlocks, token_blocks
+from cgc_lens.data.corpus import Corpus, TokenBlocks, token_blocks
 from cgc_lens.errors import CgcLensError
 
 if TYPE_CHECKING:

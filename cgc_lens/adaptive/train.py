@@ -32,7 +32,7 @@ from cgc_lens.saes.per_head import BatchedTopKSAE
 
 # topk_loss: our SAE trainer's TopK + AuxK loss (train_batched itself needs all activations stored).
 from cgc_lens.saes.train import TrainConfig, topk_loss
-from cgc_lens.streaming import run_sites
+from cgc_lens.forward.streaming import run_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

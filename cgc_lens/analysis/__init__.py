@@ -27,7 +27,7 @@ from cgc_lens.analysis.importance import (
     wanda_head_importance,
 )
 from cgc_lens.analysis.phase import PhaseTransition, phase_transition_point, phase_transition_points
-from cgc_lens.analysis.streaming_stats import (
+from cgc_lens.analysis.accumulators import (
     PearsonAccumulator,
     ReferenceAccumulator,
     ReferenceStats,

@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cgc_lens.analysis.streaming_stats import ReferenceStats
+from cgc_lens.analysis.accumulators import ReferenceStats
 from cgc_lens.analysis.survival import equal_count_bins
 from cgc_lens.errors import CgcLensError
 

@@ -34,7 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from cgc_lens.data import CORPORA, Corpus, HubCorpus, hub_documents, load_corpus
+from cgc_lens.data.corpus import CORPORA, Corpus, HubCorpus, hub_documents, load_corpus
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.models import EMBEDDED_MODELS
 
@@ -295,7 +295,7 @@ def load_probing_corpus(
     name: str, *, split: str = "eval", max_documents: int | None = None
 ) -> Corpus:
     """A labelled corpus for probing: a name in :data:`PROBING_DATASETS`, or anything
-    :func:`~cgc_lens.data.load_corpus` loads (categories are the labels).
+    :func:`~cgc_lens.data.corpus.load_corpus` loads (categories are the labels).
 
     Example:
         >>> load_probing_corpus("ag_nws")  # doctest: +ELLIPSIS

@@ -1,8 +1,8 @@
 """Feature-survival taxonomy, per-condition tables and overlaps (QDM paper §3.3-3.6, Apps. B, E).
 
 Everything here is a pure function of per-feature arrays: Pearson r from
-:meth:`~cgc_lens.analysis.streaming_stats.PearsonAccumulator.pearson` and reference firing rates
-from :class:`~cgc_lens.analysis.streaming_stats.ReferenceStats`. Survival statistics are taken
+:meth:`~cgc_lens.analysis.accumulators.PearsonAccumulator.pearson` and reference firing rates
+from :class:`~cgc_lens.analysis.accumulators.ReferenceStats`. Survival statistics are taken
 over *active* features (Eq. 4). An active feature whose r is undefined (NaN: constant reference)
 is classified :attr:`Outcome.UNDEFINED`, counted in ``n_undefined`` and left out of every mean,
 median and percentage, which are over the ``n_active - n_undefined`` classified features.
@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.stats
 from jaxtyping import Bool, Float
 
-from cgc_lens.analysis.streaming_stats import (
+from cgc_lens.analysis.accumulators import (
     PearsonAccumulator,
     ReferenceAccumulator,
     merge_all,

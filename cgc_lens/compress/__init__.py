@@ -8,7 +8,7 @@ from cgc_lens.compress.context import (
 )
 from cgc_lens.compress.layout import OUT_AXES, as_matrix, from_matrix
 from cgc_lens.compress.matched import MatchResult, bisect_level, match_level, measure, root_level
-from cgc_lens.compress.operators import (
+from cgc_lens.compress.operators.base import (
     RTN,
     EditStats,
     HeadPrune,
@@ -21,14 +21,14 @@ from cgc_lens.compress.operators import (
     registered_operators,
 )
 from cgc_lens.compress.plan import Plan, Step
-from cgc_lens.compress.prune import (
+from cgc_lens.compress.operators.prune import (
     head_prune_,
     low_rank_,
     magnitude_prune_,
     wanda_prune_,
     wanda_scores,
 )
-from cgc_lens.compress.quantize import QParams, rtn_qparams, rtn_quantize, rtn_quantize_
+from cgc_lens.compress.operators.rtn import QParams, rtn_qparams, rtn_quantize, rtn_quantize_
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.compress.wanda import InputNorms, collect_input_norms
 

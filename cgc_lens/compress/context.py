@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import Tensor, nn
 
-from cgc_lens.compress.operators import _BATCH_MAX_NUMEL, RTN, EditStats, Operator
+from cgc_lens.compress.operators.base import _BATCH_MAX_NUMEL, RTN, EditStats, Operator
 from cgc_lens.compress.plan import Plan, Step, as_plan
-from cgc_lens.compress.quantize import rtn_quantize_stack_
+from cgc_lens.compress.operators.rtn import rtn_quantize_stack_
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from cgc_lens.compress.context import compressed
-from cgc_lens.compress.operators import Operator
+from cgc_lens.compress.operators.base import Operator
 from cgc_lens.compress.plan import Plan, Step
 from cgc_lens.compress.targets import Targets
 from cgc_lens.errors import CgcLensError

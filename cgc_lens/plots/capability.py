@@ -9,7 +9,7 @@ from jaxtyping import Real
 from plotly.subplots import make_subplots
 from scipy.stats import rankdata
 
-from cgc_lens.allocate import Allocation, SearchResult
+from cgc_lens.analysis.allocation import Allocation, SearchResult
 from cgc_lens.analysis.density import DensityResult
 from cgc_lens.analysis.importance import RankCorrelation
 from cgc_lens.errors import CgcLensError
@@ -151,7 +151,7 @@ def reallocation_map(allocation: Allocation, baseline: Allocation | None = None)
     ``baseline`` defaults to uniform retention at the allocation's ρ.
 
     Example:
-        >>> from cgc_lens.allocate import cgc_l
+        >>> from cgc_lens.analysis.allocation import cgc_l
         >>> fig = reallocation_map(cgc_l(np.array([[0.2, 0.4], [0.6, 0.8]]), rho=0.5))
         >>> np.round(fig.data[0].z, 3).tolist()
         [[-0.3, -0.1], [0.1, 0.3]]

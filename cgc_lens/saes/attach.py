@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.per_head import BatchedTopKSAE, _as_slice
 from cgc_lens.sites import Site, validate_hook
-from cgc_lens.streaming import iter_batches, stop_layer
+from cgc_lens.forward.streaming import iter_batches, stop_layer
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -282,7 +282,7 @@ def run_features(
     One forward per batch, stopped after the deepest SAE's layer; each batch's features go to
     ``accumulators`` as ``update(features, batch_index)``: key → dense features, or, with
     ``sparse``, key → ``(values, indices)`` for batched SAEs (see
-    :class:`cgc_lens.streaming.Accumulator`).
+    :class:`cgc_lens.forward.streaming.Accumulator`).
     """
     with attached(model, saes, sparse=sparse) as reading:
         stop = stop_layer(model, [t.hook for t in reading.targets])

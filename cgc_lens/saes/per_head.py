@@ -27,7 +27,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from cgc_lens.errors import CgcLensError, unknown_name
-from cgc_lens.serialization import load_folder, save_folder
+from cgc_lens.io.serialization import load_folder, save_folder
 from cgc_lens.sites import Head, Site
 
 if TYPE_CHECKING:

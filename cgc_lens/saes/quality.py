@@ -25,9 +25,9 @@ from jaxtyping import Shaped
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.metrics import kl_divergence, token_nll
+from cgc_lens.forward.metrics import kl_divergence, token_nll
 from cgc_lens.saes.attach import SAETarget, attached, targets_for
-from cgc_lens.streaming import iter_batches, stop_layer
+from cgc_lens.forward.streaming import iter_batches, stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

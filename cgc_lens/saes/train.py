@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
 from cgc_lens.sites import Site
-from cgc_lens.streaming import run_sites
+from cgc_lens.forward.streaming import run_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

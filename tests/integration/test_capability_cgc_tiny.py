@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from cgc_lens.cli import main
-from cgc_lens.experiments.capability import CapabilityConfig
-from cgc_lens.experiments.capability_result import METHODS, CapabilityResult
+from cgc_lens.studies.capability.config import CapabilityConfig
+from cgc_lens.studies.capability.result import METHODS, CapabilityResult
 
 SMALL = {
     "calibration_tokens": 4096, "eval_tokens": 1024, "survival_tokens": 2048,

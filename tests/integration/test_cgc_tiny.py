@@ -1,9 +1,9 @@
 """The embedded model meets the capability figures of its card (docs/model_card.md)."""
 
 from cgc_lens import perplexity, token_blocks
-from cgc_lens.data import token_stream
-from cgc_lens.metrics import unigram_perplexity
-from cgc_lens.probes import InductionProbe
+from cgc_lens.data.corpus import token_stream
+from cgc_lens.forward.metrics import unigram_perplexity
+from cgc_lens.forward.probes import InductionProbe
 
 
 def test_eval_perplexity_at_most_half_of_unigram(cgc_tiny):

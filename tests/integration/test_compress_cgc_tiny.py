@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from cgc_lens.compress import RTN, MagnitudePrune, WandaPrune, compressed, match_level, measure
-from cgc_lens.metrics import token_nll
+from cgc_lens.forward.metrics import token_nll
 
 
 def repeated_random_blocks(seed: int, *, n_blocks: int, period: int, n_ctx: int, d_vocab: int):

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from cgc_lens.experiments.survival import (
+from cgc_lens.studies.survival.run import (
     SurvivalConfig,
     SurvivalResult,
     cli_arguments,

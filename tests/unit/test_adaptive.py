@@ -24,7 +24,7 @@ from cgc_lens.adaptive import (
     train_compressors,
 )
 from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, evaluate_saes
-from cgc_lens.streaming import collect_activations
+from cgc_lens.forward.streaming import collect_activations
 
 SITES = [Site.resid_post(0), Site.resid_post(1)]
 FAST = {"steps": 6, "batch_size": 4, "log_every": 2}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cgc_lens.allocate import (
+from cgc_lens.analysis.allocation import (
     Allocation,
     EvoConfig,
     cgc_f,

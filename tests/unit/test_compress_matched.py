@@ -18,7 +18,7 @@ from cgc_lens.compress import (
     root_level,
 )
 from cgc_lens.errors import CgcLensError
-from cgc_lens.metrics import kl_divergence
+from cgc_lens.forward.metrics import kl_divergence
 from cgc_lens.sites import Head
 
 # Survival paper, App. F: (sparsity, perplexity) probes and the INT6 target of each model.

@@ -19,7 +19,7 @@ from cgc_lens.compress import (
     wanda_prune_,
     wanda_scores,
 )
-from cgc_lens.compress.prune import magnitude_prune_global_, n_pruned
+from cgc_lens.compress.operators.prune import magnitude_prune_global_, n_pruned
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
 

@@ -9,7 +9,7 @@ from torch import nn
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cgc_lens.compress import OUT_AXES, RTN, Targets, compressed, rtn_qparams, rtn_quantize
-from cgc_lens.compress.quantize import rtn_quantize_, rtn_quantize_stack_
+from cgc_lens.compress.operators.rtn import rtn_quantize_, rtn_quantize_stack_
 from cgc_lens.errors import CgcLensError
 
 N_HEADS, D_MODEL, D_HEAD, D_MLP = 3, 20, 6, 24

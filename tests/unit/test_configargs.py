@@ -1,4 +1,4 @@
-"""CLI options from frozen config dataclasses (cgc_lens.configargs)."""
+"""CLI options from frozen config dataclasses (cgc_lens.io.configs)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Literal
 
 import pytest
 
-from cgc_lens.configargs import add_config_arguments, config_from_arguments, field_docs
+from cgc_lens.io.configs import add_config_arguments, config_from_arguments, field_docs
 from cgc_lens.errors import CgcLensError
 
 

@@ -1,7 +1,7 @@
 import re
 from collections import Counter
 
-from cgc_lens.corpus_synth import SYNTHETIC_CATEGORIES, synthetic_documents
+from cgc_lens.data.synth import SYNTHETIC_CATEGORIES, synthetic_documents
 
 
 def test_deterministic_and_split():

@@ -12,9 +12,10 @@ import torch
 from fake_assets import TEXTS, bpe_tokenizer, write_fake_embedded
 from hub_cache import offline_hub, write_datasets_cache
 
-import cgc_lens.corpus_synth
-from cgc_lens import data, models
-from cgc_lens.data import Corpus, Document, load_corpus, sliding_windows, token_blocks, token_stream
+import cgc_lens.data.synth
+from cgc_lens import models
+from cgc_lens.data import corpus as data
+from cgc_lens.data.corpus import Corpus, Document, load_corpus, sliding_windows, token_blocks, token_stream
 from cgc_lens.errors import CgcLensError
 
 WORDS = " ".join(f"w{i}" for i in range(400))
@@ -36,7 +37,7 @@ def fake_embedded(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "ASSETS_ROOT", tmp_path / "assets")
     synthetic = [{"id": f"syn-{s}", "category": "copy", "split": s, "text": "ab ab ab ab"}
                  for s in ("train", "calibration", "eval")]
-    monkeypatch.setattr(cgc_lens.corpus_synth, "synthetic_documents", lambda seed=0: synthetic)
+    monkeypatch.setattr(cgc_lens.data.synth, "synthetic_documents", lambda seed=0: synthetic)
 
 
 # --------------------------------------------------------------------------- corpora

@@ -22,8 +22,8 @@ from cgc_lens.adaptive import (
 )
 from cgc_lens.adaptive.data import StudyData
 from cgc_lens.adaptive.evaluate import LabelledTokens, evaluate_methods, pooled_features
-from cgc_lens.experiments import adaptive as study
-from cgc_lens.experiments.adaptive import (
+from cgc_lens.studies.adaptive import run as study
+from cgc_lens.studies.adaptive.run import (
     AdaptiveResult,
     AdaptiveStudyConfig,
     cli_arguments,
@@ -32,7 +32,7 @@ from cgc_lens.experiments.adaptive import (
 )
 from cgc_lens.plots.adaptive import plot_probing, plot_quality_comparison
 from cgc_lens.saes import SAEQuality
-from cgc_lens.streaming import collect_activations
+from cgc_lens.forward.streaming import collect_activations
 
 CATS = ("fiction", "code", "speech")
 

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from cgc_lens.allocate import EvoConfig
+from cgc_lens.analysis.allocation import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
-from cgc_lens.configargs import CONFIG_DIR
-from cgc_lens.data import TokenBlocks
+from cgc_lens.io.configs import CONFIG_DIR
+from cgc_lens.data.corpus import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.capability import (
+from cgc_lens.studies.capability.config import (
     CapabilityConfig,
     cli_arguments,
     run_capability,
 )
-from cgc_lens.experiments.capability_result import METHODS, CapabilityResult
-from cgc_lens.metrics import perplexity
+from cgc_lens.studies.capability.result import METHODS, CapabilityResult
+from cgc_lens.forward.metrics import perplexity
 from conftest import make_tiny_model
 
 

@@ -29,15 +29,15 @@ from sklearn.preprocessing import StandardScaler
 from cgc_lens import CgcLensError
 from cgc_lens.analysis import fragility_dataset
 from cgc_lens.compress import RTN, compressed
-from cgc_lens.experiments.survival import (
+from cgc_lens.studies.survival.run import (
     SurvivalConfig,
     SurvivalResult,
     cli_arguments,
     cli_config,
     run_survival,
 )
-from cgc_lens.experiments.survival_codes import SparseEncoder, topk_rows
-from cgc_lens.experiments.survival_stream import SparseCodes
+from cgc_lens.studies.survival.codes import SparseEncoder, topk_rows
+from cgc_lens.studies.survival.passes import SparseCodes
 from cgc_lens.saes import attached, validate_sae
 from cgc_lens.saes.attach import SAETarget
 from conftest import make_tiny_model

@@ -21,7 +21,7 @@ from cgc_lens.analysis.fragility import (
     marginal_aucs,
     survival_by_quartile,
 )
-from cgc_lens.analysis.streaming_stats import ReferenceStats
+from cgc_lens.analysis.accumulators import ReferenceStats
 
 N_FEATURES = 400
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cgc_lens import CgcLensError
-from cgc_lens.probes import InductionProbe, TaskProbe, get_probe, register_probe, run_probes
+from cgc_lens.forward.probes import InductionProbe, TaskProbe, get_probe, register_probe, run_probes
 
 
 def test_induction_probe_matches_naive_loop(tiny_model):

@@ -11,7 +11,7 @@ import pytest
 
 from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.errors import CgcLensError
-from cgc_lens.report import Report, write_report
+from cgc_lens.io.report import Report, write_report
 
 PLOTLYJS = re.compile(r'<script id="plotlyjs">.*?</script>', flags=re.S)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from cgc_lens.compress import RTN, LowRank, MagnitudePrune, Plan, Step, Targets
-from cgc_lens.results import read_results, to_jsonable, write_results
+from cgc_lens.io.results import read_results, to_jsonable, write_results
 
 
 @dataclass(frozen=True, kw_only=True)

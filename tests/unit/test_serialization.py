@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cgc_lens.errors import CgcLensError
-from cgc_lens.serialization import CONFIG_FILE, WEIGHTS_FILE, load_folder, save_folder
+from cgc_lens.io.serialization import CONFIG_FILE, WEIGHTS_FILE, load_folder, save_folder
 
 
 def test_round_trip_is_exact_and_the_config_is_tagged(tmp_path):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from cgc_lens import CgcLensError
-from cgc_lens.analysis import streaming_stats
-from cgc_lens.analysis.streaming_stats import (
+from cgc_lens.analysis import accumulators as streaming_stats
+from cgc_lens.analysis.accumulators import (
     PearsonAccumulator,
     ReferenceAccumulator,
     ZeroVariance,

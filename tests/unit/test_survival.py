@@ -9,7 +9,7 @@ import scipy.stats
 import torch
 
 from cgc_lens import CgcLensError
-from cgc_lens.analysis.streaming_stats import PearsonAccumulator, ReferenceAccumulator, merge_all
+from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator, merge_all
 from cgc_lens.analysis.survival import (
     Outcome,
     SurvivalThresholds,

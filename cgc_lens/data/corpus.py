@@ -234,7 +234,7 @@ def _cached_synthetic(make: Callable[..., list[dict[str, Any]]]) -> tuple[dict[s
 
 
 def _embedded_documents(name: str, split: str) -> list[Document]:
-    from cgc_lens import corpus_synth
+    from cgc_lens.data import synth as corpus_synth
 
     if split not in SPLITS:
         raise unknown_name("split", split, SPLITS, where=f" of corpus {name!r}")

@@ -8,7 +8,7 @@ the SAE features I interpret survive?"; QDM paper §3, Apps. B-L).
 2. the conditions: the null, RTN per bit-width, any plans, and magnitude pruning whose
    perplexity on the held-out tokens matches a named condition's (:func:`~cgc_lens.compress.
    match_level`);
-3. one streaming sweep (:func:`~cgc_lens.experiments.survival_stream.stream_conditions`): the
+3. one streaming sweep (:func:`~cgc_lens.studies.survival.passes.stream_conditions`): the
    reference forward runs once per batch, every condition reuses its SAE codes;
 4. each condition's perplexity on the evaluation tokens (chunked; sliding window optional);
 5. the analyses of :mod:`cgc_lens.analysis` (taxonomy, overlaps, deciles, fragility, checks).
@@ -39,7 +39,7 @@ from cgc_lens.analysis.fragility import (
     marginal_aucs,
     survival_by_quartile,
 )
-from cgc_lens.analysis.streaming_stats import merge_all
+from cgc_lens.analysis.accumulators import merge_all
 from cgc_lens.analysis.survival import (
     ConditionSummary,
     active_features,
@@ -52,30 +52,30 @@ from cgc_lens.analysis.survival import (
     summary_table,
     threshold_grid,
 )
-from cgc_lens.configargs import add_config_arguments, config_from_arguments
-from cgc_lens.data import TokenBlocks
+from cgc_lens.io.configs import add_config_arguments, config_from_arguments
+from cgc_lens.data.corpus import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.survival_conditions import (
+from cgc_lens.studies.survival.conditions import (
     Condition,
     condition_perplexities,
     resolve_conditions,
     sae_target,
     token_sets,
 )
-from cgc_lens.experiments.survival_config import (
+from cgc_lens.studies.survival.config import (
     NULL_NAME,
     PlanCondition,
     SurvivalConfig,
     parse_sae,
 )
-from cgc_lens.experiments.survival_result import (
+from cgc_lens.studies.survival.result import (
     TABLE1_COLUMNS,
     FragilityReport,
     StabilityChecks,
     SurvivalResult,
 )
-from cgc_lens.experiments.survival_stream import SweepSums, stream_conditions
-from cgc_lens.metrics import bos_token_id
+from cgc_lens.studies.survival.passes import SweepSums, stream_conditions
+from cgc_lens.forward.metrics import bos_token_id
 from cgc_lens.models import load_model
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.sites import layer_of

@@ -28,23 +28,23 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from cgc_lens.ablation import _losses
+from cgc_lens.forward.ablation import _losses
 from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
     FeatureAccumulator,
     capability_density,
 )
-from cgc_lens.analysis.streaming_stats import PearsonAccumulator
+from cgc_lens.analysis.accumulators import PearsonAccumulator
 from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
-from cgc_lens.data import TokenBlocks
+from cgc_lens.data.corpus import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.metrics import log_probs
-from cgc_lens.probes import run_probes
+from cgc_lens.forward.metrics import log_probs
+from cgc_lens.forward.probes import run_probes
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.sites import Head, hook_name
-from cgc_lens.streaming import iter_batches, run_sites
+from cgc_lens.forward.streaming import iter_batches, run_sites
 
 __all__ = [
     "CalibrationStats",
@@ -323,7 +323,7 @@ def evaluate_allocations(
 
     Per batch the dense logits are computed once and each allocation is applied in turn with
     :func:`compressed` (restored after each), so no dense logits are stored. Perplexity is the
-    chunked protocol of :func:`cgc_lens.metrics.perplexity`.
+    chunked protocol of :func:`cgc_lens.forward.metrics.perplexity`.
     """
     names = list(allocations)
     nll, kl = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)

@@ -7,7 +7,7 @@ A results folder holds
 - ``tables/<name>.csv``: DataFrames (per-feature, per-condition, per-head tables);
 - ``arrays.safetensors``: named arrays (float64 kept as float64);
 - ``figures/<name>.html``: each plotly figure on its own page;
-- ``report.html``: everything on one self-contained page (:mod:`cgc_lens.report`).
+- ``report.html``: everything on one self-contained page (:mod:`cgc_lens.io.report`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from cgc_lens.errors import CgcLensError
-from cgc_lens.report import write_report
+from cgc_lens.io.report import write_report
 
 __all__ = ["ResultsFolder", "read_results", "to_jsonable", "versions", "write_results"]
 

@@ -26,7 +26,7 @@ __all__ = [
     "resolve_config_path",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 """The shipped study configs (reproduction runs of the papers)."""
 
 C = TypeVar("C")
@@ -36,7 +36,7 @@ def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a dataclass, by field name.
 
     Example:
-        >>> from cgc_lens.probes import InductionProbe
+        >>> from cgc_lens.forward.probes import InductionProbe
         >>> field_docs(InductionProbe)["seed"]
         'Seed of the random tokens.'
     """

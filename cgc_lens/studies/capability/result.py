@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from cgc_lens.ablation import AblationResult
-from cgc_lens.allocate import Allocation, EvoConfig, SearchResult
+from cgc_lens.forward.ablation import AblationResult
+from cgc_lens.analysis.allocation import Allocation, EvoConfig, SearchResult
 from cgc_lens.analysis.density import DensityResult
 from cgc_lens.analysis.importance import RankCorrelation
 from cgc_lens.plots.capability import (
@@ -30,10 +30,10 @@ from cgc_lens.plots.capability import (
     reallocation_map,
     search_history,
 )
-from cgc_lens.results import read_results, write_results
+from cgc_lens.io.results import read_results, write_results
 
 if TYPE_CHECKING:
-    from cgc_lens.experiments.capability import CapabilityConfig
+    from cgc_lens.studies.capability.config import CapabilityConfig
 
 __all__ = ["METHODS", "CapabilityResult", "Theorem1Result"]
 
@@ -265,7 +265,7 @@ class CapabilityResult:
     @classmethod
     def load(cls, out_dir: str | Path) -> CapabilityResult:
         """Rebuild a result from a folder written by :meth:`save`."""
-        from cgc_lens.experiments.capability import CapabilityConfig
+        from cgc_lens.studies.capability.config import CapabilityConfig
 
         folder = read_results(out_dir)
         p, arr = folder.payload, folder.arrays

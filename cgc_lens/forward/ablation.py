@@ -19,7 +19,7 @@ all heads of a layer on CUDA; one on CPU, where stacking is slower per head).
 
 The same dense pass scores the dense model, so ΔPPL and ΔKL = mean KL(dense ‖ edited) over
 positions come from identical tokens. NLL and KL are the formulas of
-:func:`cgc_lens.metrics.token_nll` and :func:`cgc_lens.metrics.kl_divergence`, sharing one
+:func:`cgc_lens.forward.metrics.token_nll` and :func:`cgc_lens.forward.metrics.kl_divergence`, sharing one
 ``log_softmax`` per edited forward. :func:`head_ablation_naive` is the reference: one full
 hooked forward per head (tests and ``benchmarks/bench_ablation.py`` check the two agree).
 """
@@ -41,11 +41,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.compress.prune import check_fraction, head_prune_
+from cgc_lens.compress.operators.prune import check_fraction, head_prune_
 from cgc_lens.errors import CgcLensError
-from cgc_lens.metrics import check_token_ids, log_probs
+from cgc_lens.forward.metrics import check_token_ids, log_probs
 from cgc_lens.sites import Head, hook_name
-from cgc_lens.streaming import iter_batches, run_sites
+from cgc_lens.forward.streaming import iter_batches, run_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

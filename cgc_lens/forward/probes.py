@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from transformer_lens import HookedTransformer
 
-from cgc_lens.corpus_synth import synthetic_documents
+from cgc_lens.data.synth import synthetic_documents
 from cgc_lens.errors import CgcLensError, unknown_name
-from cgc_lens.metrics import token_nll
+from cgc_lens.forward.metrics import token_nll
 
 __all__ = [
     "InductionProbe",

@@ -24,7 +24,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from cgc_lens.configargs import field_docs
+from cgc_lens.io.configs import field_docs
 from cgc_lens.errors import CgcLensError
 
 __all__ = ["REPORT_FILENAME", "Report", "write_report"]

@@ -42,13 +42,13 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.analysis.streaming_stats import PearsonAccumulator, ReferenceAccumulator
+from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator
 from cgc_lens.compress import Plan
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.survival_codes import SparseCodes, SparseEncoder
-from cgc_lens.experiments.survival_conditions import edited
+from cgc_lens.studies.survival.codes import SparseCodes, SparseEncoder
+from cgc_lens.studies.survival.conditions import edited
 from cgc_lens.saes.attach import SAETarget
-from cgc_lens.streaming import stop_layer
+from cgc_lens.forward.streaming import stop_layer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

@@ -2,9 +2,9 @@
 
 :class:`SurvivalResult` holds everything the paper reports (Tables 1-5, Apps. B, E-H) for one
 run; it converts to a DataFrame (Table 1), draws the six figures of
-:mod:`cgc_lens.plots.survival`, saves through :func:`cgc_lens.results.write_results` and loads
+:mod:`cgc_lens.plots.survival`, saves through :func:`cgc_lens.io.results.write_results` and loads
 back (:meth:`SurvivalResult.load`). Nothing here computes a statistic: the numbers come from
-:mod:`cgc_lens.analysis` in :func:`~cgc_lens.experiments.survival.run_survival`.
+:mod:`cgc_lens.analysis` in :func:`~cgc_lens.studies.survival.run.run_survival`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from cgc_lens.analysis.fragility import RocCurve
-from cgc_lens.analysis.streaming_stats import ReferenceStats
+from cgc_lens.analysis.accumulators import ReferenceStats
 from cgc_lens.analysis.survival import (
     ConditionSummary,
     NullCheck,
@@ -30,7 +30,7 @@ from cgc_lens.analysis.survival import (
 )
 from cgc_lens.compress import MatchResult
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.survival_config import NULL_NAME, SurvivalConfig
+from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig
 from cgc_lens.plots.survival import (
     plot_dissociation,
     plot_feature_scatter,
@@ -39,7 +39,7 @@ from cgc_lens.plots.survival import (
     plot_roc_curves,
     plot_taxonomy,
 )
-from cgc_lens.results import read_results, write_results
+from cgc_lens.io.results import read_results, write_results
 
 __all__ = ["TABLE1_COLUMNS", "FragilityReport", "StabilityChecks", "SurvivalResult"]
 

@@ -25,16 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cgc_lens.allocate import EvoConfig
+from cgc_lens.analysis.allocation import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
-from cgc_lens.configargs import (
+from cgc_lens.io.configs import (
     add_config_arguments,
     config_from_arguments,
     read_config,
 )
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.capability_result import CapabilityResult
-from cgc_lens.experiments.capability_run import run_study
+from cgc_lens.studies.capability.result import CapabilityResult
+from cgc_lens.studies.capability.run import run_study
 
 __all__ = ["CapabilityConfig", "CapabilityResult", "cli_arguments", "cli_main", "run_capability"]
 
@@ -115,7 +115,7 @@ class CapabilityConfig:
     evo: EvoConfig = field(default_factory=_tiny_evo)
     """CGC-F search settings; its seed is offset by ``seed``."""
     probes: tuple[str, ...] = ("induction", "arithmetic", "recall", "brackets", "copy_text")
-    """Capability probes run on every allocation (cgc_lens.probes registry; extensible)."""
+    """Capability probes run on every allocation (cgc_lens.forward.probes registry; extensible)."""
     survival_retentions: tuple[float, ...] = (0.9, 0.75, 0.5, 0.25, 0.1)
     """Theorem 1: W_O retention levels each head is pruned to, one head at a time."""
     survival_tokens: int | None = 8192

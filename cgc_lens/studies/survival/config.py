@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from cgc_lens.analysis.survival import SurvivalThresholds
 from cgc_lens.compress import Plan
-from cgc_lens.compress.quantize import check_bits
-from cgc_lens.configargs import CONFIG_DIR, read_config
+from cgc_lens.compress.operators.rtn import check_bits
+from cgc_lens.io.configs import CONFIG_DIR, read_config
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
 
@@ -104,7 +104,7 @@ class SurvivalConfig:
     """Optional second SAE (same forms as "sae") at another read-out site: the second-layer
     stability check, streamed in the same forward passes."""
     corpus: str = "cgc-tiny"
-    """Corpus name or path (see cgc_lens.data.load_corpus)."""
+    """Corpus name or path (see cgc_lens.data.corpus.load_corpus)."""
     split: str = "eval"
     """Corpus split the feature tokens are drawn from."""
     eval_split: str = "eval"

@@ -1,4 +1,4 @@
-"""The steps of :func:`cgc_lens.experiments.capability.run_capability`, in order.
+"""The steps of :func:`cgc_lens.studies.capability.config.run_capability`, in order.
 
 Loading (model, blocks, SAEs), one calibration pass, the pure analyses, the ablation and pruning
 sweeps, the allocations with the CGC-F search, and the held-out evaluation.
@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.stats
 
-from cgc_lens.ablation import head_ablation, head_prune_sweep
-from cgc_lens.allocate import Allocation, cgc_f, cgc_l, inverted, uniform
+from cgc_lens.forward.ablation import head_ablation, head_prune_sweep
+from cgc_lens.analysis.allocation import Allocation, cgc_f, cgc_l, inverted, uniform
 from cgc_lens.analysis.density import DensityResult, capability_density
 from cgc_lens.analysis.importance import (
     magnitude_head_importance,
@@ -23,9 +23,9 @@ from cgc_lens.analysis.importance import (
     wanda_head_importance,
 )
 from cgc_lens.analysis.phase import phase_transition_point
-from cgc_lens.data import TokenBlocks, load_corpus, token_blocks
+from cgc_lens.data.corpus import TokenBlocks, load_corpus, token_blocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.experiments.capability_passes import (
+from cgc_lens.studies.capability.passes import (
     CalibrationStats,
     KLFitness,
     block_labels,
@@ -35,7 +35,7 @@ from cgc_lens.experiments.capability_passes import (
     effective_z_maps,
     evaluate_allocations,
 )
-from cgc_lens.experiments.capability_result import CapabilityResult, Theorem1Result
+from cgc_lens.studies.capability.result import CapabilityResult, Theorem1Result
 from cgc_lens.models import load_model
 from cgc_lens.saes import BatchedSAEConfig, TrainConfig, fit_sae, load_batched_sae
 from cgc_lens.sites import Head
@@ -43,7 +43,7 @@ from cgc_lens.sites import Head
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-    from cgc_lens.experiments.capability import CapabilityConfig
+    from cgc_lens.studies.capability.config import CapabilityConfig
     from cgc_lens.saes.per_head import BatchedTopKSAE
 
 __all__ = ["run_study", "spearman"]
@@ -191,7 +191,7 @@ def _allocations(config: CapabilityConfig, model: HookedTransformer, density: De
 def run_study(config: CapabilityConfig, *, model: HookedTransformer | None = None,
               calibration: TokenBlocks | None = None, evaluation: TokenBlocks | None = None,
               sae: BatchedTopKSAE | None = None) -> CapabilityResult:
-    """Every step of the study; see :func:`~cgc_lens.experiments.capability.run_capability`."""
+    """Every step of the study; see :func:`~cgc_lens.studies.capability.config.run_capability`."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 

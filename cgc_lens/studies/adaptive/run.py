@@ -30,9 +30,9 @@ from cgc_lens.adaptive.diagnostics import (
 from cgc_lens.adaptive.evaluate import LabelledTokens, evaluate_methods, pooled_features
 from cgc_lens.adaptive.train import AdaptiveTrainConfig, train_compressors
 from cgc_lens.analysis.probing import ProbingConfig, probing_table, sparse_probing
-from cgc_lens.configargs import add_config_arguments, config_from_arguments
+from cgc_lens.io.configs import add_config_arguments, config_from_arguments
 from cgc_lens.errors import CgcLensError
-from cgc_lens.results import read_results, write_results
+from cgc_lens.io.results import read_results, write_results
 from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
 from cgc_lens.saes.quality import SAEQuality
 from cgc_lens.sites import Site

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from cgc_lens.compress.layout import HEAD_AXIS, in_axes
-from cgc_lens.compress.prune import (
+from cgc_lens.compress.operators.prune import (
     check_fraction,
     head_prune_,
     low_rank_,
@@ -26,7 +26,7 @@ from cgc_lens.compress.prune import (
     magnitude_prune_global_,
     wanda_prune_,
 )
-from cgc_lens.compress.quantize import (
+from cgc_lens.compress.operators.rtn import (
     CONVENTIONS,
     Convention,
     check_bits,

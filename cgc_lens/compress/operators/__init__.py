@@ -1,0 +1,1 @@
+"""Weight-edit operators: one format per file behind the operator protocol."""
