@@ -112,7 +112,7 @@ def main() -> None:
     heads = [Head(ell, h) for ell in layers for h in range(model.cfg.n_heads)]
     per_pass = args.heads_per_pass or 1  # the library's CPU default (stacking helps on CUDA)
     if name == "cgc-tiny":  # real text from its held-out split
-        from cgc_lens.data.corpus import token_blocks
+        from cgc_lens.data import token_blocks
 
         tokens = token_blocks("cgc-tiny", model, block_len=seq, n_blocks=blocks, seed=1,
                               split="eval").tokens

@@ -92,7 +92,7 @@ def _ppl_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _ppl(args: argparse.Namespace) -> int:
-    from cgc_lens.data.corpus import token_blocks
+    from cgc_lens.data import token_blocks
     from cgc_lens.forward.metrics import perplexity_result
     from cgc_lens.models import load_model
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import cgc_lens
-from cgc_lens.data.corpus import token_stream
+from cgc_lens.data import token_stream
 from cgc_lens.forward.metrics import unigram_perplexity
 from cgc_lens.forward.probes import InductionProbe, probe_names, run_probes
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from cgc_lens.data.corpus import token_blocks
+from cgc_lens.data import token_blocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.models import load_model
 from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, TrainConfig, evaluate_saes, fit_sae

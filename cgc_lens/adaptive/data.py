@@ -5,7 +5,7 @@
 - probing on the corpus: blocks labelled with their category (that of most of their tokens),
   train from the calibration split, test from the eval split, so the compressor never trained
   on a probing example;
-- probing on a labelled dataset by name (:data:`~cgc_lens.analysis.probing.PROBING_DATASETS`):
+- probing on a labelled dataset by name (:data:`~cgc_lens.data.probing.PROBING_DATASETS`):
   one document per example, truncated to ``block_len`` tokens and right-padded, split 70/30.
 """
 
@@ -20,8 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from cgc_lens.adaptive.evaluate import LabelledTokens
-from cgc_lens.analysis.probing import load_probing_corpus
-from cgc_lens.data.corpus import Corpus, TokenBlocks, token_blocks
+from cgc_lens.data import Corpus, TokenBlocks, load_probing_corpus, token_blocks
 from cgc_lens.errors import CgcLensError
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.data.corpus import TokenBlocks, sliding_windows
+from cgc_lens.data import TokenBlocks, sliding_windows
 from cgc_lens.errors import CgcLensError
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ def perplexity_result(
     Chunked (``window=None``; survival paper §3.5): each row of ``tokens`` is a block that
     resets the context; its positions after the first are scored. Sliding (App. D): each row
     (or the 1-D stream) is read in windows of ``window`` tokens every ``stride`` tokens and
-    only the newly introduced positions are scored (:func:`cgc_lens.data.corpus.sliding_windows`).
+    only the newly introduced positions are scored (:func:`cgc_lens.data.blocks.sliding_windows`).
     With ``prepend_bos`` a bos token is fed before every block or window, so its first token
     is scored too.
 

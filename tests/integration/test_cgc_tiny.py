@@ -1,7 +1,7 @@
 """The embedded model meets the capability figures of its card (docs/model_card.md)."""
 
 from cgc_lens import perplexity, token_blocks
-from cgc_lens.data.corpus import token_stream
+from cgc_lens.data import token_stream
 from cgc_lens.forward.metrics import unigram_perplexity
 from cgc_lens.forward.probes import InductionProbe
 

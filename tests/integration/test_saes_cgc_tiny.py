@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgc_lens.data.corpus import token_blocks
+from cgc_lens.data import token_blocks
 from cgc_lens.saes import (
     BatchedSAEConfig,
     BatchedTopKSAE,

@@ -13,9 +13,15 @@ from fake_assets import TEXTS, bpe_tokenizer, write_fake_embedded
 from hub_cache import offline_hub, write_datasets_cache
 
 import cgc_lens.data.synth
-from cgc_lens import models
-from cgc_lens.data import corpus as data
-from cgc_lens.data.corpus import Corpus, Document, load_corpus, sliding_windows, token_blocks, token_stream
+from cgc_lens import data, models
+from cgc_lens.data import (
+    Corpus,
+    Document,
+    load_corpus,
+    sliding_windows,
+    token_blocks,
+    token_stream,
+)
 from cgc_lens.errors import CgcLensError
 
 WORDS = " ".join(f"w{i}" for i in range(400))

@@ -12,7 +12,7 @@ import torch
 from cgc_lens.analysis.allocation import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.io.configs import CONFIG_DIR
-from cgc_lens.data.corpus import TokenBlocks
+from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.studies.capability.config import (
     CapabilityConfig,

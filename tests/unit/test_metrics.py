@@ -8,7 +8,7 @@ import pytest
 import torch
 from fake_assets import bpe_tokenizer, tiny_gpt2
 
-from cgc_lens.data.corpus import TokenBlocks
+from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import (
     PerplexityResult,

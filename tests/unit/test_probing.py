@@ -12,15 +12,14 @@ from sklearn.preprocessing import StandardScaler
 
 from cgc_lens import CgcLensError
 from cgc_lens.analysis.probing import (
-    PROBING_DATASETS,
     ProbingConfig,
-    load_probing_corpus,
     majority_accuracy,
     probing_table,
     probing_tasks,
     sparse_probing,
     top_k_by_mean_difference,
 )
+from cgc_lens.data import PROBING_DATASETS, load_probing_corpus
 
 CLASSES = ["fiction", "code", "speech"]
 

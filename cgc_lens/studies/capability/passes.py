@@ -38,7 +38,7 @@ from cgc_lens.analysis.density import (
 from cgc_lens.analysis.accumulators import PearsonAccumulator
 from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
-from cgc_lens.data.corpus import TokenBlocks
+from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import log_probs
 from cgc_lens.forward.probes import run_probes

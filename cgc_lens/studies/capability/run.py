@@ -23,7 +23,7 @@ from cgc_lens.analysis.importance import (
     wanda_head_importance,
 )
 from cgc_lens.analysis.phase import phase_transition_point
-from cgc_lens.data.corpus import TokenBlocks, load_corpus, token_blocks
+from cgc_lens.data import TokenBlocks, load_corpus, token_blocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.studies.capability.passes import (
     CalibrationStats,

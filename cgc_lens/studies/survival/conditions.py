@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cgc_lens.compress import RTN, MagnitudePrune, MatchResult, Plan, compressed, match_level
-from cgc_lens.data.corpus import TokenBlocks, load_corpus, token_blocks, token_stream
+from cgc_lens.data import TokenBlocks, load_corpus, token_blocks, token_stream
 from cgc_lens.errors import CgcLensError
 from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig, rtn_name
 from cgc_lens.forward.metrics import perplexity, perplexity_result

@@ -53,7 +53,7 @@ from cgc_lens.analysis.survival import (
     threshold_grid,
 )
 from cgc_lens.io.configs import add_config_arguments, config_from_arguments
-from cgc_lens.data.corpus import TokenBlocks
+from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.studies.survival.conditions import (
     Condition,
