@@ -1,5 +1,6 @@
 """In-place weight-edit operators, plans, and the restore-exactly context manager."""
 
+from cgc_lens.compress.calibration import InputNorms, collect_input_norms
 from cgc_lens.compress.context import (
     CompressionRecord,
     TensorRecord,
@@ -8,29 +9,29 @@ from cgc_lens.compress.context import (
 )
 from cgc_lens.compress.layout import OUT_AXES, as_matrix, from_matrix
 from cgc_lens.compress.matched import MatchResult, bisect_level, match_level, measure, root_level
-from cgc_lens.compress.operators.base import (
+from cgc_lens.compress.operators import (
     RTN,
     EditStats,
     HeadPrune,
     LowRank,
     MagnitudePrune,
     Operator,
+    QParams,
     WandaPrune,
-    operator_class,
-    register_operator,
-    registered_operators,
-)
-from cgc_lens.compress.plan import Plan, Step
-from cgc_lens.compress.operators.prune import (
     head_prune_,
     low_rank_,
     magnitude_prune_,
+    operator_class,
+    register_operator,
+    registered_operators,
+    rtn_qparams,
+    rtn_quantize,
+    rtn_quantize_,
     wanda_prune_,
     wanda_scores,
 )
-from cgc_lens.compress.operators.rtn import QParams, rtn_qparams, rtn_quantize, rtn_quantize_
+from cgc_lens.compress.plan import Plan, Step
 from cgc_lens.compress.targets import Targets, WeightRef
-from cgc_lens.compress.wanda import InputNorms, collect_input_norms
 
 __all__ = [
     "OUT_AXES",

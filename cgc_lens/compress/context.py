@@ -15,14 +15,20 @@ import logging
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from cgc_lens.compress.operators.base import _BATCH_MAX_NUMEL, RTN, EditStats, Operator
+from cgc_lens.compress.operators.base import EditStats, Operator
 from cgc_lens.compress.plan import Plan, Step, as_plan
-from cgc_lens.compress.operators.rtn import rtn_quantize_stack_
+from cgc_lens.compress.snapshot import (
+    Restore,
+    Snapshot,
+    group_by_shape,
+    group_by_shape_and_axes,
+    owns_storage,
+)
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
@@ -33,8 +39,6 @@ if TYPE_CHECKING:
 __all__ = ["CompressionRecord", "TensorRecord", "compress_permanently_", "compressed"]
 
 logger = logging.getLogger(__name__)
-
-Restore = Literal["copy", "swap"]
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[_Block]] = weakref.WeakKeyDictionary()
 
@@ -112,98 +116,6 @@ class CompressionRecord:
                 f"{self.parameters_touched} parameters touched, restored={self.restored})")
 
 
-def _copy_all_(dst: list[Tensor], src: list[Tensor]) -> None:
-    if not dst:
-        return
-    if hasattr(torch, "_foreach_copy_"):  # one dispatch for many small tensors (torch >= 2.1)
-        torch._foreach_copy_(dst, src)
-    else:  # pragma: no cover - older torch
-        for d, s in zip(dst, src, strict=True):
-            d.copy_(s)
-
-
-class _Snapshot:
-    """What :func:`compressed` needs to put the touched parameters back, stacked per shape.
-
-    ``"copy"`` keeps copies and copies them back (the storage never changes). ``"swap"`` gives
-    each parameter a fresh copy to be edited and keeps the original storage aside, so that
-    restoring is handing it back: no copy on exit. Groups are added one at a time, each
-    registered before anything in it is edited, so :meth:`restore` is right after a failure
-    (or ``KeyboardInterrupt``) at any point.
-    """
-
-    def __init__(self, *, offload_to_cpu: bool, restore: Restore = "copy") -> None:
-        self._offload = offload_to_cpu
-        self._swap = restore == "swap"
-        self._pairs: list[tuple[Tensor, Tensor]] = []  # (parameter tensor, its copy)
-        self._swapped: list[tuple[nn.Parameter, Tensor]] = []
-
-    def add(self, params: Sequence[nn.Parameter], *, rtn: RTN | None = None,
-            out_axes: tuple[int, ...] = ()) -> None:
-        """Snapshot ``params`` (same shape, dtype and device); with ``rtn``, quantize them too,
-        per output channel along ``out_axes``, while the stack is still in cache."""
-        tensors = [p.detach() for p in params]
-        if self._offload:
-            p0 = tensors[0]
-            buf = torch.empty((len(tensors), *p0.shape), dtype=p0.dtype, device="cpu",
-                              pin_memory=p0.device.type == "cuda")
-            _copy_all_(list(buf.unbind(0)), tensors)
-        else:
-            buf = torch.stack(tensors)
-        with torch.no_grad():
-            if self._swap:
-                for p, fresh in zip(params, buf.unbind(0), strict=True):
-                    self._swapped.append((p, p.data))
-                    p.data = fresh
-                if rtn is not None:  # the stack is the parameters' storage now
-                    rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
-                                        convention=rtn.convention)
-            else:
-                # one C-level call: an interrupt cannot leave a tensor without its copy
-                self._pairs.extend(zip(tensors, buf.unbind(0), strict=True))
-                if rtn is not None:  # scales from the copies, edits in the parameters
-                    rtn_quantize_stack_(buf, rtn.bits, out_axes=out_axes,
-                                        convention=rtn.convention, targets=tensors)
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            if self._pairs:
-                dst, src = zip(*self._pairs, strict=True)
-                _copy_all_(list(dst), list(src))
-            for p, original in reversed(self._swapped):
-                p.data = original
-
-
-def _groups(
-    params: Sequence[nn.Parameter], out_axes: Sequence[tuple[int, ...]] | None = None
-) -> list[tuple[list[nn.Parameter], tuple[int, ...]]]:
-    """``params`` grouped by shape, dtype and device (and output axes, when given)."""
-    groups: dict[tuple, list[nn.Parameter]] = {}
-    if out_axes is None:
-        for p in params:
-            groups.setdefault((p.shape, p.dtype, p.device), []).append(p)
-    else:
-        for p, axes in zip(params, out_axes, strict=True):
-            groups.setdefault((p.shape, p.dtype, p.device, axes), []).append(p)
-    return [(g, key[3] if out_axes is not None else ()) for key, g in groups.items()]
-
-
-def _owns_storage(params: Sequence[nn.Parameter]) -> bool:
-    """Whether each parameter is the whole of its own storage, and no two share one.
-
-    ``restore="swap"`` hands a parameter new storage; a parameter that is a view of a larger
-    tensor (fused QKV, a weight inside an outer swap block's stack) or that shares storage
-    with another target would stop aliasing it, so such blocks fall back to ``"copy"``.
-    """
-    seen = set()
-    for p in params:
-        storage = p.untyped_storage()
-        if p.storage_offset() or storage.nbytes() != p.numel() * p.element_size():
-            return False
-        seen.add(storage.data_ptr())
-    return len(seen) == len(params)
-
-
 _Resolved = list[tuple[Operator, list[WeightRef], list[nn.Parameter]]]
 
 
@@ -226,22 +138,35 @@ def _touched(resolved: _Resolved) -> list[nn.Parameter]:
     return list(seen.values())
 
 
-def _fusable_rtn(resolved: _Resolved) -> bool:
-    """Whether the plan is one per-channel RTN step over small, whole, distinct tensors.
+def _fusable(resolved: _Resolved) -> bool:
+    """Whether the plan is one step over whole, distinct tensors that its operator can edit
+    stacked (:meth:`Operator.can_apply_stacked`).
 
-    Such a plan is applied from the snapshot's own stacks (:meth:`_Snapshot.add`): on a small
+    Such a plan is applied from the snapshot's own stacks (:meth:`Snapshot.add`): on a small
     model per-op dispatch dominates, and this skips a second stack and a dozen ops per shape.
     """
     if len(resolved) != 1:
         return False
     op, refs, params = resolved[0]
     return (
-        isinstance(op, RTN) and not op.is_identity and op.group_size is None
+        not op.is_identity
         and all(r.heads is None for r in refs)
-        and all(p.dtype in (torch.float32, torch.float64) and p.numel() <= _BATCH_MAX_NUMEL
-                for p in params)
+        and op.can_apply_stacked(params)
         and len({id(p) for p in params}) == len(params)
     )
+
+
+def _apply_fused(
+    snapshot: Snapshot, resolved: _Resolved, params: list[nn.Parameter], numels: list[int],
+    record: CompressionRecord,
+) -> None:
+    """Snapshot and edit one stack at a time, while it is in cache (a :func:`_fusable` plan)."""
+    op, refs, _ = resolved[0]
+    stats: dict[int, EditStats] = {}
+    for group, group_refs in group_by_shape_and_axes(params, refs):
+        stats.update(zip(map(id, group), snapshot.add(group, op=op, refs=group_refs),
+                         strict=True))
+    record._add(0, op, refs, numels, [stats[id(p)] for p in params])
 
 
 def _apply(resolved: _Resolved, record: CompressionRecord) -> None:
@@ -279,7 +204,7 @@ class _Block:
         self.model, self.plan = model, plan
         self.offload_to_cpu, self.restore = offload_to_cpu, restore
         self.record: CompressionRecord | None = None
-        self._snapshot: _Snapshot | None = None
+        self._snapshot: Snapshot | None = None
         self._state = "new"
 
     def __enter__(self) -> CompressionRecord:
@@ -291,22 +216,19 @@ class _Block:
         numels = [p.numel() for p in params]
         record.n_parameters = sum(numels)
         restore = self.restore
-        if restore == "swap" and not _owns_storage(params):
+        if restore == "swap" and not owns_storage(params):
             logger.debug("restore='swap' falls back to 'copy': targets share storage.")
             restore = "copy"
-        fused = not self.offload_to_cpu and _fusable_rtn(resolved)
-        self._snapshot = snapshot = _Snapshot(offload_to_cpu=self.offload_to_cpu,
-                                              restore=restore)
+        fused = not self.offload_to_cpu and _fusable(resolved)
+        self._snapshot = snapshot = Snapshot(offload_to_cpu=self.offload_to_cpu,
+                                             restore=restore)
         try:
             _ACTIVE.setdefault(self.model, []).append(self)
             self._state = "open"
-            if fused:  # snapshot and quantize one stack at a time, while it is in cache
-                op, refs, _ = resolved[0]
-                for group, axes in _groups(params, [r.out_axes for r in refs]):
-                    snapshot.add(group, rtn=op, out_axes=axes)  # type: ignore[arg-type]
-                record._add(0, op, refs, numels, [EditStats(bits=op.bits)] * len(refs))
+            if fused:
+                _apply_fused(snapshot, resolved, params, numels, record)
             else:
-                for group, _ in _groups(params):
+                for group in group_by_shape(params):
                     snapshot.add(group)
                 _apply(resolved, record)
         except BaseException:
@@ -398,8 +320,8 @@ def compress_permanently_(
     record = CompressionRecord(plan)
     snapshot = None
     if atomic:
-        snapshot = _Snapshot(offload_to_cpu=offload_to_cpu)
-        for group, _ in _groups(_touched(resolved)):
+        snapshot = Snapshot(offload_to_cpu=offload_to_cpu)
+        for group in group_by_shape(_touched(resolved)):
             snapshot.add(group)
     try:
         _apply(resolved, record)

@@ -7,7 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from cgc_lens.compress.operators.base import PHASES, Operator, WandaPrune, operator_from_dict
+from cgc_lens.compress.operators.base import PHASES, Operator, operator_from_dict
+from cgc_lens.compress.operators.wanda import WandaPrune
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError
 

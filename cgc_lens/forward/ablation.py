@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.compress.operators.prune import check_fraction, head_prune_
+from cgc_lens.compress.operators import check_fraction, head_prune_
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import check_token_ids, log_probs
 from cgc_lens.sites import Head, hook_name

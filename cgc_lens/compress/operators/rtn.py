@@ -1,4 +1,5 @@
-"""Round-to-nearest (RTN) weight quantization, dequantized back to floating point.
+"""Round-to-nearest (RTN) weight quantization, dequantized back to floating point: the
+:class:`RTN` operator and its kernels.
 
 Arithmetic follows ``torch.fake_quantize_per_channel_affine`` exactly, so the result can be
 checked bit for bit against it: ``q = clamp(round(w * (1 / scale)) + z, qmin, qmax)``,
@@ -25,22 +26,26 @@ floored at the smallest normal float, as ``torch.ao`` floors it at eps; it quant
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, NamedTuple, get_args
+from dataclasses import KW_ONLY, dataclass
+from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from cgc_lens.compress.layout import as_matrix, from_matrix, in_axes
+from cgc_lens.compress.operators.base import EditStats, Operator, Phase, register_operator
+from cgc_lens.compress.targets import WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
-__all__ = ["CONVENTIONS", "Convention", "QParams", "check_bits", "rtn_qparams", "rtn_quantize",
-           "rtn_quantize_"]
+__all__ = ["CONVENTIONS", "RTN", "Convention", "QParams", "check_bits", "rtn_qparams",
+           "rtn_quantize", "rtn_quantize_", "rtn_quantize_stack_"]
 
 Convention = Literal["symmetric", "symmetric_full", "asymmetric"]
 CONVENTIONS: tuple[str, ...] = get_args(Convention)
 
 _CHUNK = 1 << 18  # elements per piece (1 MiB of float32); measured best of 2^14..2^30 on CPU
+_BATCH_MAX_NUMEL = 1 << 18  # tensors up to this size are quantized stacked, per-op cost dominates
 
 
 class QParams(NamedTuple):
@@ -266,3 +271,79 @@ def rtn_quantize_stack_(
         return
     for i, t in enumerate(targets):
         _apply_(t, scale[i], inv[i], *(b[i] if isinstance(b, Tensor) else b for b in (lo, hi)))
+
+
+@register_operator
+@dataclass(frozen=True)
+class RTN(Operator):
+    """Per-output-channel round-to-nearest, dequantized (see the module docstring for conventions).
+
+    Example:
+        >>> RTN(6)
+        RTN(bits=6, convention='symmetric', group_size=None)
+    """
+
+    name: ClassVar[str] = "rtn"
+    phase: ClassVar[Phase] = "quantize"
+    level_field: ClassVar[str | None] = "bits"
+    higher_is_harsher: ClassVar[bool] = False
+
+    bits: int
+    """Bit width, 2..16; 16 is the unquantized reference and touches nothing."""
+    _: KW_ONLY
+    convention: Convention = "symmetric"
+    """``"symmetric"`` (paper Eq. 2), ``"symmetric_full"`` or ``"asymmetric"``."""
+    group_size: int | None = None
+    """Inputs per scale group inside an output channel (e.g. 128); None for per-channel."""
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits)
+        if self.convention not in CONVENTIONS:
+            raise unknown_name("RTN convention", self.convention, CONVENTIONS)
+        if self.group_size is not None and (
+            not isinstance(self.group_size, int) or isinstance(self.group_size, bool)
+            or self.group_size < 1
+        ):
+            raise CgcLensError(
+                f"group_size must be a positive int or None, got {self.group_size!r}."
+            )
+
+    @property
+    def is_identity(self) -> bool:
+        return self.bits == 16
+
+    def apply_(self, weight: Tensor, ref: WeightRef) -> EditStats:
+        rtn_quantize_(weight, self.bits, out_axes=ref.out_axes, convention=self.convention,
+                      group_size=self.group_size)
+        return EditStats(bits=self.bits)
+
+    def apply_many_(self, weights: Sequence[Tensor], refs: Sequence[WeightRef]) -> list[EditStats]:
+        groups: dict[tuple, list[Tensor]] = {}
+        with torch.no_grad():
+            for w, ref in zip(weights, refs, strict=True):
+                if (self.group_size is None and w.dtype == torch.float32
+                        and w.numel() <= _BATCH_MAX_NUMEL):
+                    groups.setdefault((w.shape, w.device, ref.out_axes), []).append(w)
+                else:
+                    self.apply_(w, ref)
+            for (_, _, out_axes), ws in groups.items():
+                rtn_quantize_stack_(torch.stack(ws), self.bits, out_axes=out_axes,
+                                    convention=self.convention, targets=ws)
+        stats = EditStats(bits=self.bits)
+        return [stats] * len(weights)
+
+    def can_apply_stacked(self, weights: Sequence[Tensor]) -> bool:
+        """Per-channel RTN of small float32/float64 weights (per-op cost dominates there)."""
+        return self.group_size is None and all(
+            w.dtype in (torch.float32, torch.float64) and w.numel() <= _BATCH_MAX_NUMEL
+            for w in weights
+        )
+
+    def apply_stacked_(
+        self, stack: Tensor, refs: Sequence[WeightRef], *, targets: Sequence[Tensor] | None = None
+    ) -> list[EditStats]:
+        """:func:`rtn_quantize_stack_` of the stack (scales from ``stack``, edits in
+        ``targets`` when given)."""
+        rtn_quantize_stack_(stack, self.bits, out_axes=refs[0].out_axes,
+                            convention=self.convention, targets=targets)
+        return [EditStats(bits=self.bits)] * len(refs)

@@ -168,7 +168,7 @@ def test_bad_arguments(tiny_model):
 
 @pytest.mark.parametrize("restore", ["copy", "swap"])
 def test_interrupt_between_stacks_of_the_fast_path_restores(tiny_model, restore, monkeypatch):
-    from cgc_lens.compress import context
+    from cgc_lens.compress.operators import rtn
 
     original = state(tiny_model)
     calls = []
@@ -179,8 +179,8 @@ def test_interrupt_between_stacks_of_the_fast_path_restores(tiny_model, restore,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    real = context.rtn_quantize_stack_
-    monkeypatch.setattr(context, "rtn_quantize_stack_", quantize_then_interrupt)
+    real = rtn.rtn_quantize_stack_
+    monkeypatch.setattr(rtn, "rtn_quantize_stack_", quantize_then_interrupt)
     with pytest.raises(KeyboardInterrupt), compressed(tiny_model, RTN(3), restore=restore):
         pytest.fail("the block must not run")  # pragma: no cover
     assert len(calls) == 2
@@ -198,3 +198,4 @@ def test_swap_falls_back_to_copy_for_targets_that_share_storage(tiny_model):
         assert not torch.equal(fused[:4], original["blocks.0.attn.W_Q"])  # edited in place
     assert same(tiny_model, original)
     assert attn.W_Q.data_ptr() == fused.data_ptr()
+

@@ -19,7 +19,8 @@ from cgc_lens.compress import (
     wanda_prune_,
     wanda_scores,
 )
-from cgc_lens.compress.operators.prune import magnitude_prune_global_, n_pruned
+from cgc_lens.compress.operators.magnitude import magnitude_prune_global_
+from cgc_lens.compress.operators.sparsity import n_pruned
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
 

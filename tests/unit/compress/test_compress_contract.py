@@ -21,7 +21,7 @@ from cgc_lens.compress import (
     compressed,
     registered_operators,
 )
-from cgc_lens.compress.operators.prune import n_pruned
+from cgc_lens.compress.operators.sparsity import n_pruned
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
 
