@@ -97,6 +97,40 @@ def bisect_level(
                        method="bisect", converged=_within(value, target, rtol, atol))
 
 
+class _Probes:
+    """The evaluations of one :func:`root_level` search, and the residual it roots."""
+
+    def __init__(self, f: Callable[[float], float], target: float, *, increasing: bool,
+                 rtol: float, atol: float) -> None:
+        self.f, self.target, self.rtol, self.atol = f, target, rtol, atol
+        self.sign = 1.0 if increasing else -1.0
+        self.evaluations: list[tuple[float, float]] = []
+
+    def g(self, value: float) -> float:
+        """The residual: log-ratio to the target (difference when the target is not > 0)."""
+        target, sign = self.target, self.sign
+        if target > 0:
+            return sign * (math.log(value) - math.log(target)) if value > 0 else -sign * math.inf
+        return sign * (value - target)
+
+    def probe(self, x: float) -> tuple[float, float]:
+        """Evaluate at ``x``; the value and its residual."""
+        value = float(self.f(x))
+        self.evaluations.append((x, value))
+        return value, self.g(value)
+
+    def within(self, value: float) -> bool:
+        return _within(value, self.target, self.rtol, self.atol)
+
+    def result(self, level: float, value: float, converged: bool) -> MatchResult:
+        """The result at ``level``; without convergence, the closest probe instead."""
+        if not converged:
+            level, value = min(self.evaluations, key=lambda e: abs(e[1] - self.target))
+        return MatchResult(level=level, value=value, target=self.target,
+                           evaluations=tuple(self.evaluations), method="root",
+                           converged=converged)
+
+
 def root_level(
     f: Callable[[float], float], target: float, *, lo: float = 0.0, hi: float = 0.8,
     increasing: bool = True, rtol: float = 0.005, atol: float = 0.0, max_evaluations: int = 12,
@@ -116,43 +150,34 @@ def root_level(
         (0.416, True, True)
     """
     _check(target, lo, hi)
-    sign = 1.0 if increasing else -1.0
-    evaluations: list[tuple[float, float]] = []
-
-    def g(value: float) -> float:
-        if target > 0:
-            return sign * (math.log(value) - math.log(target)) if value > 0 else -sign * math.inf
-        return sign * (value - target)
-
-    def probe(x: float) -> tuple[float, float]:
-        value = float(f(x))
-        evaluations.append((x, value))
-        return value, g(value)
-
-    def result(level: float, value: float, converged: bool) -> MatchResult:
-        if not converged:
-            level, value = min(evaluations, key=lambda e: abs(e[1] - target))
-        return MatchResult(level=level, value=value, target=target,
-                           evaluations=tuple(evaluations), method="root", converged=converged)
-
+    probes = _Probes(f, target, increasing=increasing, rtol=rtol, atol=atol)
     if value_at_lo is None:
-        va, ga = probe(lo)
+        va, ga = probes.probe(lo)
     else:
-        va, ga = float(value_at_lo), g(float(value_at_lo))
-        evaluations.append((lo, va))
-    if _within(va, target, rtol, atol) or ga > 0:
-        return result(lo, va, _within(va, target, rtol, atol))
-    vb, gb = probe(hi)
-    if _within(vb, target, rtol, atol) or gb < 0:
-        return result(hi, vb, _within(vb, target, rtol, atol))
-    a, b, side, x, vx = lo, hi, 0, hi, vb
-    while len(evaluations) < max_evaluations and b - a > xtol:
+        va, ga = float(value_at_lo), probes.g(float(value_at_lo))
+        probes.evaluations.append((lo, va))
+    if probes.within(va) or ga > 0:
+        return probes.result(lo, va, probes.within(va))
+    vb, gb = probes.probe(hi)
+    if probes.within(vb) or gb < 0:
+        return probes.result(hi, vb, probes.within(vb))
+    return _illinois(probes, (lo, ga), (hi, gb, vb), max_evaluations=max_evaluations, xtol=xtol)
+
+
+def _illinois(
+    probes: _Probes, low: tuple[float, float], high: tuple[float, float, float], *,
+    max_evaluations: int, xtol: float,
+) -> MatchResult:
+    """Illinois regula falsi inside a bracket: ``low = (a, g(a))``, ``high = (b, g(b), f(b))``."""
+    (a, ga), (b, gb, vb) = low, high
+    side, x, vx = 0, b, vb
+    while len(probes.evaluations) < max_evaluations and b - a > xtol:
         x = b - gb * (b - a) / (gb - ga) if math.isfinite(ga) and math.isfinite(gb) else math.nan
         if not a < x < b:
             x = (a + b) / 2
-        vx, gx = probe(x)
-        if _within(vx, target, rtol, atol):
-            return result(x, vx, True)
+        vx, gx = probes.probe(x)
+        if probes.within(vx):
+            return probes.result(x, vx, True)
         if gx > 0:
             b, gb = x, gx
             if side == 1:  # Illinois: the stale end's value is halved so it moves next time
@@ -164,8 +189,8 @@ def root_level(
                 gb /= 2
             side = -1
     logger.warning("root_level stopped after %d evaluations (bracket %.3g wide) without "
-                   "reaching the tolerance.", len(evaluations), b - a)
-    return result(x, vx, False)
+                   "reaching the tolerance.", len(probes.evaluations), b - a)
+    return probes.result(x, vx, False)
 
 
 def measure(
