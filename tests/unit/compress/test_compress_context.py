@@ -199,3 +199,25 @@ def test_swap_falls_back_to_copy_for_targets_that_share_storage(tiny_model):
     assert same(tiny_model, original)
     assert attn.W_Q.data_ptr() == fused.data_ptr()
 
+
+def test_context_imports_no_operator():
+    """The restore context reaches operators only through the protocol in operators.base."""
+    import ast
+    import inspect
+
+    from cgc_lens.compress import context, operators
+
+    tree = ast.parse(inspect.getsource(context))
+    imports = [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+    modules = {alias.name for node in imports if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module or "" for node in imports if isinstance(node, ast.ImportFrom)}
+    assert all(node.level == 0 for node in imports if isinstance(node, ast.ImportFrom))
+    from_operators = {m for m in modules if m.startswith("cgc_lens.compress.operators")}
+    assert from_operators <= {"cgc_lens.compress.operators.base"}, from_operators
+    names = {alias.name for node in imports if isinstance(node, ast.ImportFrom)
+             for alias in node.names}
+    registered = operators.registered_operators()
+    operator_names = {operators.operator_class(n).__name__ for n in registered}
+    assert len(operator_names) == len(registered) >= 5
+    assert not names & (operator_names | set(operators.__all__) - {"EditStats", "Operator"}), names
