@@ -10,9 +10,13 @@ Two accumulators hold everything the audit needs in O(d_sae) memory, never token
   fragility predictors of §3.7).
 
 Both live on the device of the activations they see (CPU or CUDA; float64 everywhere, so not MPS)
-and :meth:`merge` adds another accumulator of the same kind, which is how shards of a run, other
-processes or other machines are combined; :meth:`state_dict` gives the plain tensors (every field
-is a SUM except ``max_act``, a MAX) for ``torch.distributed.all_reduce`` or for saving.
+and share :class:`~cgc_lens.analysis.accumulator_base.SumAccumulator`'s state handling: ``update``
+adds a batch, ``merge`` adds another accumulator of the same kind (exact: the merge of disjoint
+shards is the accumulator of all their tokens), which is how shards of a run, other processes or
+other machines are combined; ``from_sums`` builds one from its sufficient statistics given by name
+(sums formed elsewhere, e.g. from sparse codes); ``state_dict`` gives the plain tensors (every
+field is a SUM except ``max_act``, a MAX) for ``torch.distributed.all_reduce`` or for saving.
+The reference side lives in :mod:`cgc_lens.analysis.reference_stats` and is re-exported here.
 
 Numerics (why raw float64 sums are enough). Eq. I.2 subtracts ``Σx·Σx/n`` from ``Σx²``, which
 cancels catastrophically when a feature's variance is tiny next to its squared mean. For an SAE
@@ -27,16 +31,17 @@ is never rounded to the input dtype. Below :data:`FLAT_RTOL` a variance is treat
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Sequence
 from enum import IntEnum
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from cgc_lens.analysis.accumulator_base import SumAccumulator
+from cgc_lens.analysis.reference_stats import ReferenceAccumulator, ReferenceStats
 from cgc_lens.errors import CgcLensError
 
 __all__ = [
@@ -52,7 +57,7 @@ FLAT_RTOL = 1e-10
 """A feature is flat (zero variance) when ``Σx² − (Σx)²/n ≤ FLAT_RTOL · Σx²``: the float64 sums
 cannot resolve a smaller relative variance (see the module docstring)."""
 
-_CHUNK_ELEMENTS = 1 << 24  # float64 temporaries per update chunk: 128 MiB each, whatever d_sae
+_Acc = TypeVar("_Acc", bound=SumAccumulator)
 
 
 class ZeroVariance(IntEnum):
@@ -72,141 +77,7 @@ class ZeroVariance(IntEnum):
     FLAT_BOTH_DIFFERENT = 4
 
 
-def _resolve(device: torch.device | str) -> torch.device:
-    """The concrete device tensors report (``"cuda"`` → ``cuda:0``), for exact comparisons."""
-    return torch.empty(0, device=device).device
-
-
-class _Accumulator:
-    """Shared state handling: float64 tensors on one device, summed (or maxed) on merge."""
-
-    _FIELDS: ClassVar[dict[str, torch.dtype]] = {}
-    _MAX_FIELDS: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, d_sae: int, *, device: torch.device | str | None = None) -> None:
-        if not isinstance(d_sae, int) or isinstance(d_sae, bool) or d_sae < 1:
-            raise CgcLensError(f"d_sae must be a positive int, got {d_sae!r}.")
-        self.d_sae = d_sae
-        self.n_tokens = 0
-        self.device = None if device is None else _resolve(device)
-        self._state: dict[str, Tensor] = {}
-        if self.device is not None:
-            self._allocate(self.device)
-
-    def _allocate(self, device: torch.device) -> None:
-        self.device = device
-        for name, dtype in self._FIELDS.items():
-            fill = -math.inf if name in self._MAX_FIELDS else 0
-            self._state[name] = torch.full((self.d_sae,), fill, dtype=dtype, device=device)
-
-    def _check_batch(self, *acts: Tensor) -> list[Tensor]:
-        first = acts[0]
-        for a in acts:
-            if not isinstance(a, Tensor) or not a.is_floating_point():
-                got = a.dtype if isinstance(a, Tensor) else type(a).__name__
-                raise CgcLensError(f"Expected floating-point torch tensors, got {got}.")
-            if a.shape != first.shape:
-                raise CgcLensError(
-                    f"Reference and condition activations must cover identical positions: "
-                    f"got shapes {tuple(first.shape)} and {tuple(a.shape)}."
-                )
-            if a.device != first.device:
-                raise CgcLensError(f"Activations on different devices: {first.device}, {a.device}.")
-        if first.ndim < 1 or first.shape[-1] != self.d_sae:
-            raise CgcLensError(
-                f"Expected activations [..., d_sae={self.d_sae}], got shape {tuple(first.shape)}."
-            )
-        if self.device is None:
-            self._allocate(first.device)
-        elif first.device != self.device:
-            raise CgcLensError(
-                f"This accumulator lives on {self.device}; got activations on {first.device}. "
-                "Move one of them (accumulator.to(device))."
-            )
-        return [a.reshape(-1, self.d_sae) for a in acts]
-
-    def _chunks(self, rows: Tensor) -> list[Tensor]:
-        """Row slices small enough that float64 temporaries stay near _CHUNK_ELEMENTS."""
-        return list(rows.split(max(1, _CHUNK_ELEMENTS // self.d_sae)))
-
-    def _settings(self) -> dict[str, object]:
-        return {}
-
-    def merge(self, other: _Accumulator) -> _Accumulator:
-        """Add ``other``'s statistics to this accumulator in place and return ``self``.
-
-        Sums add and running maxima take the maximum, so merging the accumulators of disjoint
-        shards of the tokens gives exactly the accumulator of all of them (up to float64 rounding).
-        """
-        if type(other) is not type(self):
-            raise CgcLensError(f"Cannot merge {type(other).__name__} into {type(self).__name__}.")
-        if other.d_sae != self.d_sae or other._settings() != self._settings():
-            raise CgcLensError(
-                f"Cannot merge accumulators with different settings: expected d_sae={self.d_sae}, "
-                f"{self._settings()}; got d_sae={other.d_sae}, {other._settings()}."
-            )
-        if other.n_tokens == 0:
-            return self
-        if self.device is None:
-            self._allocate(other.device)  # type: ignore[arg-type]
-        for name, other_value in other._state.items():
-            value = other_value.to(self.device)
-            if name in self._MAX_FIELDS:
-                torch.maximum(self._state[name], value, out=self._state[name])
-            else:
-                self._state[name] += value
-        self.n_tokens += other.n_tokens
-        return self
-
-    def copy(self) -> _Accumulator:
-        """An independent copy (same device)."""
-        new = type(self).__new__(type(self))
-        new.__dict__.update(self.__dict__)
-        new._state = {k: v.clone() for k, v in self._state.items()}
-        return new
-
-    def to(self, device: torch.device | str) -> _Accumulator:
-        """Move the statistics to ``device`` in place and return ``self``."""
-        self.device = _resolve(device)
-        self._state = {k: v.to(self.device) for k, v in self._state.items()}
-        return self
-
-    def state_dict(self) -> dict[str, Tensor]:
-        """The raw statistics, plus ``n_tokens`` as a 0-d int64 tensor (every entry sums across
-        shards except ``max_act``, which takes the maximum)."""
-        out = {k: v.clone() for k, v in self._state.items()}
-        out["n_tokens"] = torch.tensor(self.n_tokens, dtype=torch.int64)
-        return out
-
-    def load_state_dict(self, state: dict[str, Tensor]) -> _Accumulator:
-        """Replace the statistics with ``state`` (from :meth:`state_dict`, e.g. after an
-        all-reduce); returns ``self``. Settings such as ``fire_threshold`` come from the
-        constructor and must match those of the accumulators that produced ``state``."""
-        expected = {*self._FIELDS, "n_tokens"}
-        if set(state) != expected:
-            raise CgcLensError(f"Expected state keys {sorted(expected)}, got {sorted(state)}.")
-        for name in self._FIELDS:
-            shape = tuple(state[name].shape)
-            if shape != (self.d_sae,):
-                raise CgcLensError(f"State {name!r}: expected shape ({self.d_sae},), got {shape}.")
-        device = self.device or state[next(iter(self._FIELDS))].device
-        self._state = {k: state[k].to(device=device, dtype=t) for k, t in self._FIELDS.items()}
-        self.device = device
-        self.n_tokens = int(state["n_tokens"])
-        return self
-
-    def _require_tokens(self) -> dict[str, np.ndarray]:
-        if self.n_tokens == 0:
-            raise CgcLensError(f"{type(self).__name__} has seen no tokens; call update() first.")
-        state = {k: v.detach().cpu().numpy() for k, v in self._state.items()}
-        sums = {k: v for k, v in state.items() if k not in self._MAX_FIELDS}
-        bad = [k for k, v in sums.items() if not np.isfinite(v).all()]
-        if bad:
-            raise CgcLensError(f"Non-finite activations reached the sums {bad}; check the inputs.")
-        return state
-
-
-class PearsonAccumulator(_Accumulator):
+class PearsonAccumulator(SumAccumulator):
     """Float64 sufficient statistics of Eq. I.1 for per-feature Pearson r (Eqs. 3, I.2).
 
     Args:
@@ -223,6 +94,43 @@ class PearsonAccumulator(_Accumulator):
     _FIELDS: ClassVar[dict[str, torch.dtype]] = {
         name: torch.float64 for name in ("sum_x", "sum_y", "sum_xx", "sum_yy", "sum_xy")
     }
+
+    @classmethod
+    def from_sums(
+        cls,
+        *,
+        n_tokens: int | Tensor,
+        sum_x: Tensor,
+        sum_y: Tensor,
+        sum_xx: Tensor,
+        sum_yy: Tensor,
+        sum_xy: Tensor,
+        device: torch.device | str | None = None,
+    ) -> PearsonAccumulator:
+        """An accumulator holding the sufficient statistics of Eq. I.1 (each ``[d_sae]``).
+
+        The result is what :meth:`update` would hold after the same positions; tensors already
+        on the target device in float64 are held, not copied.
+
+        Args:
+            n_tokens: token positions n the sums run over (an int or a 0-d tensor).
+            sum_x: Σx, the reference activations summed over positions.
+            sum_y: Σy, the condition's activations summed over positions.
+            sum_xx: Σx², formed in float64.
+            sum_yy: Σy², formed in float64.
+            sum_xy: Σxy over identical positions, formed in float64.
+            device: where the sums live; ``None`` keeps the device of ``sum_x``.
+
+        Example:
+            >>> x = torch.rand(20, 3)
+            >>> acc = PearsonAccumulator(3).update(x, x + 1)
+            >>> back = PearsonAccumulator.from_sums(**acc.state_dict())
+            >>> bool((back.pearson() == acc.pearson()).all()), back.n_tokens
+            (True, 20)
+        """
+        fields = {"sum_x": sum_x, "sum_y": sum_y, "sum_xx": sum_xx, "sum_yy": sum_yy,
+                  "sum_xy": sum_xy}
+        return cls._from_fields(n_tokens, fields, device=device)
 
     @torch.no_grad()
     def update(
@@ -291,138 +199,7 @@ class PearsonAccumulator(_Accumulator):
         return r
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
-class ReferenceStats:
-    """Finished reference-side statistics: numpy arrays of shape ``[d_sae]``, float64 unless noted.
-
-    Build it with :meth:`ReferenceAccumulator.stats` (or directly, e.g. in tests).
-    """
-
-    n_tokens: int
-    """Token positions seen."""
-    fire_count: np.ndarray
-    """Positions where the activation is above the firing threshold (int64)."""
-    sum_activation: np.ndarray
-    """Σ_t x_t over all positions."""
-    sum_activation_firing: np.ndarray
-    """Σ_t x_t over firing positions."""
-    sum_sq_firing: np.ndarray
-    """Σ_t x_t² over firing positions."""
-    peak_activation: np.ndarray
-    """Running maximum of the activation over all positions (App. I)."""
-
-    def __post_init__(self) -> None:
-        if self.n_tokens < 1:
-            raise CgcLensError(f"ReferenceStats needs n_tokens >= 1, got {self.n_tokens}.")
-        shapes = {k: np.shape(getattr(self, k)) for k in _REF_ARRAYS}
-        if len(set(shapes.values())) != 1 or len(shapes["fire_count"]) != 1:
-            raise CgcLensError(f"ReferenceStats arrays must share one shape [d_sae], got {shapes}.")
-        if (np.asarray(self.fire_count) > self.n_tokens).any():
-            raise CgcLensError(f"fire_count exceeds n_tokens={self.n_tokens}.")
-
-    @property
-    def d_sae(self) -> int:
-        """Number of features."""
-        return int(np.shape(self.fire_count)[0])
-
-    @property
-    def firing_rate(self) -> np.ndarray:
-        """``fire_count / n_tokens``: the firing rate of Eq. 4."""
-        return np.asarray(self.fire_count, dtype=np.float64) / self.n_tokens
-
-    @property
-    def mean_activation(self) -> np.ndarray:
-        """Mean activation over all positions, ``Σ_t x_t / n_tokens``."""
-        return np.asarray(self.sum_activation, dtype=np.float64) / self.n_tokens
-
-    @property
-    def mean_when_firing(self) -> np.ndarray:
-        """Mean activation over firing positions (0 for a feature that never fires)."""
-        count = np.asarray(self.fire_count)
-        return np.where(count > 0, self.sum_activation_firing / np.maximum(count, 1), 0.0)
-
-    @property
-    def second_moment_when_firing(self) -> np.ndarray:
-        """Mean of x² over firing positions (0 for a feature that never fires)."""
-        count = np.asarray(self.fire_count)
-        return np.where(count > 0, self.sum_sq_firing / np.maximum(count, 1), 0.0)
-
-
-_REF_ARRAYS = (
-    "fire_count", "sum_activation", "sum_activation_firing", "sum_sq_firing", "peak_activation"
-)
-
-
-class ReferenceAccumulator(_Accumulator):
-    """Reference-side firing counts, running max and activation sums (App. I, §3.7).
-
-    Args:
-        d_sae: number of SAE features.
-        fire_threshold: a feature fires at a position when its activation is strictly above this
-            (0 for ReLU / JumpReLU / TopK SAEs, whose non-firing activations are exactly 0).
-        device: where the sums live; ``None`` adopts the device of the first batch.
-
-    Example:
-        >>> acc = ReferenceAccumulator(2)
-        >>> _ = acc.update(torch.tensor([[0.0, 1.0], [2.0, 3.0], [0.0, 0.0], [0.0, 5.0]]))
-        >>> stats = acc.stats()
-        >>> stats.firing_rate.tolist(), stats.peak_activation.tolist()
-        ([0.25, 0.75], [2.0, 5.0])
-    """
-
-    _FIELDS: ClassVar[dict[str, torch.dtype]] = {
-        "fire_count": torch.int64,
-        "sum_act": torch.float64,
-        "sum_act_firing": torch.float64,
-        "sum_sq_firing": torch.float64,
-        "max_act": torch.float64,
-    }
-    _MAX_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_act"})
-
-    def __init__(
-        self, d_sae: int, *, fire_threshold: float = 0.0, device: torch.device | str | None = None
-    ) -> None:
-        if not math.isfinite(fire_threshold):
-            raise CgcLensError(f"fire_threshold must be finite, got {fire_threshold!r}.")
-        self.fire_threshold = float(fire_threshold)
-        super().__init__(d_sae, device=device)
-
-    def _settings(self) -> dict[str, object]:
-        return {"fire_threshold": self.fire_threshold}
-
-    @torch.no_grad()
-    def update(self, ref: Float[Tensor, "*batch d_sae"]) -> ReferenceAccumulator:
-        """Add one batch of reference SAE activations; returns ``self``."""
-        (x_all,) = self._check_batch(ref)
-        if x_all.shape[0] == 0:
-            return self
-        s = self._state
-        for x_part in self._chunks(x_all):
-            x = x_part.double()
-            fires = x > self.fire_threshold
-            x_fire = torch.where(fires, x, 0.0)
-            s["fire_count"] += fires.sum(0)
-            s["sum_act"] += x.sum(0)
-            s["sum_act_firing"] += x_fire.sum(0)
-            s["sum_sq_firing"] += (x_fire * x_fire).sum(0)
-            torch.maximum(s["max_act"], x.amax(0), out=s["max_act"])
-        self.n_tokens += x_all.shape[0]
-        return self
-
-    def stats(self) -> ReferenceStats:
-        """Finish into :class:`ReferenceStats` (numpy, on CPU)."""
-        s = self._require_tokens()
-        return ReferenceStats(
-            n_tokens=self.n_tokens,
-            fire_count=s["fire_count"].astype(np.int64),
-            sum_activation=s["sum_act"],
-            sum_activation_firing=s["sum_act_firing"],
-            sum_sq_firing=s["sum_sq_firing"],
-            peak_activation=s["max_act"],
-        )
-
-
-def merge_all(accumulators: list[_Accumulator] | tuple[_Accumulator, ...]) -> _Accumulator:
+def merge_all(accumulators: Sequence[_Acc]) -> _Acc:
     """A new accumulator holding the sum of ``accumulators`` (none of them is modified).
 
     Example:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cgc_lens import CgcLensError
-from cgc_lens.analysis import accumulators as streaming_stats
+from cgc_lens.analysis import accumulator_base
 from cgc_lens.analysis.accumulators import (
     PearsonAccumulator,
     ReferenceAccumulator,
@@ -79,7 +79,7 @@ def test_state_dict_round_trip_and_empty_merge():
 def test_chunked_update_and_leading_dims(monkeypatch):
     ref, other = sae_like(96, 8, noise=0.4, seed=2)
     plain = PearsonAccumulator(8).update(ref, other).pearson()
-    monkeypatch.setattr(streaming_stats, "_CHUNK_ELEMENTS", 8 * 5)  # 5 rows per chunk
+    monkeypatch.setattr(accumulator_base, "CHUNK_ELEMENTS", 8 * 5)  # 5 rows per chunk
     chunked = PearsonAccumulator(8).update(ref.reshape(4, 24, 8), other.reshape(4, 24, 8))
     assert chunked.n_tokens == 96
     np.testing.assert_allclose(chunked.pearson(), plain, rtol=0, atol=1e-12)
