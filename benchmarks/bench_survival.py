@@ -96,7 +96,7 @@ def conditions():
 
 def time_sweep(args: argparse.Namespace) -> None:
     from cgc_lens.compress import compressed
-    from cgc_lens.studies.survival.codes import topk_rows
+    from cgc_lens.saes.sparse_encoder import topk_rows
     from cgc_lens.studies.survival.passes import stream_conditions
     from cgc_lens.saes import validate_sae
 

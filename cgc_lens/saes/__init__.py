@@ -18,12 +18,13 @@ from cgc_lens.saes.quality import (
     SplicedLoss,
     evaluate_saes,
 )
+from cgc_lens.saes.sparse_encoder import SparseCodes, SparseEncoder, topk_rows
 from cgc_lens.saes.train import TrainConfig, TrainResult, fit_sae, site_activations, train_batched
 
 __all__ = [
     "EMBEDDED_SAE_DIRS", "BatchedSAEConfig", "BatchedTopKSAE", "FeatureReading",
-    "ReconstructionStats", "SAEEvaluation", "SAEQuality", "SAETarget", "SplicedLoss",
-    "TrainConfig", "TrainResult", "attached", "embedded_sae_ids", "evaluate_saes", "fit_sae",
-    "hook_shape", "load_batched_sae", "load_sae", "run_features", "site_activations",
-    "targets_for", "train_batched", "validate_sae",
+    "ReconstructionStats", "SAEEvaluation", "SAEQuality", "SAETarget", "SparseCodes",
+    "SparseEncoder", "SplicedLoss", "TrainConfig", "TrainResult", "attached", "embedded_sae_ids",
+    "evaluate_saes", "fit_sae", "hook_shape", "load_batched_sae", "load_sae", "run_features",
+    "site_activations", "targets_for", "topk_rows", "train_batched", "validate_sae",
 ]

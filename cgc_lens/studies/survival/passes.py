@@ -22,8 +22,8 @@ budget and subset checks). The reference side keeps Σx, Σx² and a
 :class:`~cgc_lens.analysis.ReferenceAccumulator` (each batch's firing counts, sums and peaks are
 taken from its non-zeros and added by ``merge``); each condition keeps Σy, Σy², Σxy only, summed
 over the non-zeros of its codes (the SAE codes are sparse; zeros add nothing). They are finished
-into :class:`~cgc_lens.analysis.PearsonAccumulator` objects through ``load_state_dict``, so r
-comes from the one implementation of Eq. I.2 and its zero-variance rules. x·x, y·y and x·y are
+into :class:`~cgc_lens.analysis.PearsonAccumulator` objects through ``from_sums``, so r comes
+from the one implementation of Eq. I.2 and its zero-variance rules. x·x, y·y and x·y are
 formed by the same operations in the same order, so the null condition gives bit-identical
 sums and r = 1 exactly (on CPU; CUDA's ``index_add_`` order may differ in the last bit).
 """
@@ -45,15 +45,16 @@ from tqdm.auto import tqdm
 from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator
 from cgc_lens.compress import Plan
 from cgc_lens.errors import CgcLensError
-from cgc_lens.studies.survival.codes import SparseCodes, SparseEncoder
-from cgc_lens.studies.survival.conditions import edited
-from cgc_lens.saes.attach import SAETarget
 from cgc_lens.forward.streaming import stop_layer
+from cgc_lens.saes.attach import SAETarget
+from cgc_lens.saes.sparse_encoder import SparseCodes, SparseEncoder
+from cgc_lens.studies.survival.codes import reference_accumulator
+from cgc_lens.studies.survival.conditions import edited
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["SparseCodes", "SweepSums", "stream_conditions"]
+__all__ = ["SweepSums", "stream_conditions"]
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +90,11 @@ class SweepSums:
         """The condition's :class:`PearsonAccumulator` per shard (sharing these sums' memory)."""
         c = self.conditions.index(condition)
         ref, cond = self.ref_moments[key], self.cond_sums[key][c]
-        out = []
-        for s, n in enumerate(self.n_tokens):
-            state = {"sum_x": ref[s, 0], "sum_xx": ref[s, 1], "sum_y": cond[s, 0],
-                     "sum_yy": cond[s, 1], "sum_xy": cond[s, 2],
-                     "n_tokens": torch.tensor(n, dtype=torch.int64)}
-            out.append(PearsonAccumulator(ref.shape[-1]).load_state_dict(state))
-        return out
+        return [
+            PearsonAccumulator.from_sums(n_tokens=n, sum_x=ref[s, 0], sum_xx=ref[s, 1],
+                                         sum_y=cond[s, 0], sum_yy=cond[s, 1], sum_xy=cond[s, 2])
+            for s, n in enumerate(self.n_tokens)
+        ]
 
 
 class _Reader:
@@ -187,38 +186,71 @@ def stream_conditions(
     t0 = time.perf_counter()
     bar = tqdm(total=len(batches) * (1 + len(conditions)), desc="survival sweep", leave=False,
                disable=not progress)
-    reader = _Reader(targets, bos is not None)
-    scratch: dict[str, Tensor] = {}  # per key, an all-zero flat buffer for SparseCodes.cross
-    with reader.attached(model), bar:
+    sweep = _Sweep(model=model, batches=batches, shard_of=shard_of, stop=stop, bos=bos,
+                   reader=_Reader(targets, bos is not None), sums=sums, bar=bar,
+                   threshold=fire_threshold)
+    with sweep.reader.attached(model), bar:
         i = 0
         while i < len(batches):
-            cache: list[tuple[int, dict[str, SparseCodes]]] = []
-            held = 0
-            while i < len(batches) and (not cache or held < cache_bytes):
-                sparse = reader.read(model, batches[i], stop, bos)
-                _add_reference(sums, shard_of[i], sparse, n_conditions=len(names),
-                               threshold=fire_threshold)
-                cache.append((i, sparse))
-                held += sum(c.nbytes for c in sparse.values())
-                i += 1
-                bar.update(1)
-            sums.cache_peak_bytes = max(sums.cache_peak_bytes, held)
-            sums.n_chunks += 1
-            for c, (_, plan) in enumerate(conditions):
-                with edited(model, plan):
-                    for j, ref_codes in cache:
-                        for key, y_codes in reader.read(model, batches[j], stop, bos).items():
-                            block = sums.cond_sums[key][c, shard_of[j]]
-                            block[:2] += y_codes.moments()
-                            block[2] += y_codes.cross(ref_codes[key],
-                                                      scratch=_scratch(scratch, key, y_codes))
-                        bar.update(1)
-            del cache
+            cache, i = sweep.reference_chunk(i, cache_bytes, n_conditions=len(names))
+            sweep.conditions_over(cache, conditions)
+            del cache  # before the next chunk is read: at most one chunk is held
     sums.seconds = time.perf_counter() - t0
     log.info("survival sweep: %d batches × (1 + %d conditions) in %.1f s, %d chunk(s), reference "
              "cache peak %.1f MB", len(batches), len(names), sums.seconds, sums.n_chunks,
              sums.cache_peak_bytes / 2**20)
     return sums
+
+
+@dataclass(kw_only=True)
+class _Sweep:
+    """What one run of :func:`stream_conditions` works with, and its two stages per chunk."""
+
+    model: HookedTransformer
+    batches: list[Tensor]
+    shard_of: list[int]
+    """Shard of each batch."""
+    stop: int | None
+    bos: int | None
+    reader: _Reader
+    sums: SweepSums
+    bar: tqdm
+    threshold: float
+    """Firing threshold of the reference accumulators."""
+    scratch: dict[str, Tensor] = field(default_factory=dict)
+    """Per key, an all-zero flat buffer for :meth:`SparseCodes.cross`."""
+
+    def reference_chunk(self, i: int, cache_bytes: int, *, n_conditions: int,
+                        ) -> tuple[list[tuple[int, dict[str, SparseCodes]]], int]:
+        """Read the reference from batch ``i`` on until the cache holds ``cache_bytes`` (at
+        least one batch); add the reference sums. Returns the cached codes and the next batch."""
+        cache: list[tuple[int, dict[str, SparseCodes]]] = []
+        held = 0
+        while i < len(self.batches) and (not cache or held < cache_bytes):
+            sparse = self.reader.read(self.model, self.batches[i], self.stop, self.bos)
+            _add_reference(self.sums, self.shard_of[i], sparse, n_conditions=n_conditions,
+                           threshold=self.threshold)
+            cache.append((i, sparse))
+            held += sum(c.nbytes for c in sparse.values())
+            i += 1
+            self.bar.update(1)
+        self.sums.cache_peak_bytes = max(self.sums.cache_peak_bytes, held)
+        self.sums.n_chunks += 1
+        return cache, i
+
+    def conditions_over(self, cache: list[tuple[int, dict[str, SparseCodes]]],
+                        conditions: Sequence[tuple[str, Plan | None]]) -> None:
+        """Each condition, weights edited once, over the cached batches: add its sums."""
+        for c, (_, plan) in enumerate(conditions):
+            with edited(self.model, plan):
+                for j, ref_codes in cache:
+                    codes = self.reader.read(self.model, self.batches[j], self.stop, self.bos)
+                    for key, y_codes in codes.items():
+                        block = self.sums.cond_sums[key][c, self.shard_of[j]]
+                        block[:2] += y_codes.moments()
+                        block[2] += y_codes.cross(ref_codes[key],
+                                                  scratch=_scratch(self.scratch, key, y_codes))
+                    self.bar.update(1)
 
 
 def _scratch(held: dict[str, Tensor], key: str, codes: SparseCodes) -> Tensor | None:
@@ -245,9 +277,9 @@ def _add_reference(sums: SweepSums, shard: int, sparse: dict[str, SparseCodes], 
                                    for _ in range(n)]
         sums.ref_moments[key][shard] += x.moments()
         acc = sums.reference[key][shard]
-        state = x.reference_state(threshold)
-        if state is None:
+        batch = reference_accumulator(x, threshold)
+        if batch is None:
             acc.update(x.to_dense())
         else:  # merge() adds the sums and takes the max, exactly as update() would
-            acc.merge(ReferenceAccumulator(x.d, fire_threshold=threshold).load_state_dict(state))
+            acc.merge(batch)
     sums.n_tokens[shard] += next(iter(sparse.values())).n
