@@ -12,8 +12,9 @@ Arms, measured round-robin in every repetition (medians and min–max over ``--r
 
 Loop arms run on ``--loop-heads`` heads spread over the layers and are scaled to all heads. All
 arms compute the same updates (Adam is elementwise, the per-head losses independent;
-``tests/unit/test_saes_per_head.py``). Times are per optimizer step of *all* heads: wall clock and
-process CPU time (on a shared, loaded machine CPU time is the steadier figure with 1 thread).
+``tests/unit/saes/test_saes_per_head.py``). Times are per optimizer step of *all* heads: wall
+clock and process CPU time (on a shared, loaded machine CPU time is the steadier figure with 1
+thread).
 
 End to end (``--e2e``): a streaming trainer also runs the model to read the activations. Batched:
 one forward per step (a ``--batch-size``-token block, hooks on every layer's ``hook_z``, stopping

@@ -24,9 +24,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.streaming import iter_batches, stop_layer
 from cgc_lens.saes.per_head import BatchedTopKSAE, _as_slice
 from cgc_lens.sites import Site, validate_hook
-from cgc_lens.forward.streaming import iter_batches, stop_layer
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -26,8 +26,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cgc_lens.forward.metrics import kl_divergence, token_nll
-from cgc_lens.saes.attach import SAETarget, attached, targets_for
 from cgc_lens.forward.streaming import iter_batches, stop_layer
+from cgc_lens.saes.attach import SAETarget, attached, targets_for
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

@@ -11,22 +11,21 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
-from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
-from cgc_lens.sites import Site
 from cgc_lens.forward.streaming import run_sites
+from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
+from cgc_lens.saes.sparse_step import SparseTopKLoss, sparse_topk_loss
+from cgc_lens.sites import Site
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -158,18 +157,19 @@ def topk_loss(
     (tokens since each latent last fired) in place. ``x`` must not require grad.
 
     ``cfg.kernel="sparse"`` (``"auto"`` on CPU) computes the loss and its gradients from the
-    k active latents per token, ``cfg.head_chunk`` heads at a time (see :func:`_sparse_chunk`);
+    k active latents per token, ``cfg.head_chunk`` heads at a time
+    (:func:`~cgc_lens.saes.sparse_step.sparse_topk_loss`);
     ``"dense"`` is :func:`topk_loss_dense`. Both give the same loss and gradients up to
-    float32 rounding (``tests/unit/test_saes_per_head.py``).
+    float32 rounding (``tests/unit/saes/test_saes_per_head.py``).
     """
     if resolve_kernel(cfg.kernel, x.device) == "dense":
         return topk_loss_dense(sae, x, since_fired, cfg, dead_after)
     params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     opts = _sparse_opts(sae, cfg, dead_after, x.device)
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        return _SparseTopKLoss.apply(*params, x, since_fired, opts)
+        return SparseTopKLoss.apply(*params, x, since_fired, opts)
     with torch.no_grad():
-        return _sparse_loss(params, x, since_fired, grads=None, **opts)
+        return sparse_topk_loss(params, x, since_fired, grads=None, **opts)
 
 
 # Heads per chunk on CPU: a chunk's [heads, batch, d_sae] tensors (4 MB at 16 × 128 × 512)
@@ -187,141 +187,6 @@ def _sparse_opts(
     chunk = cfg.head_chunk or (_CPU_HEAD_CHUNK if device.type == "cpu" else sae.n)
     return {"k": sae.cfg.k, "aux_k": _aux_k(sae, cfg), "aux_coef": cfg.aux_k_coef,
             "dead_after": dead_after, "chunk": chunk}
-
-
-class _SparseTopKLoss(torch.autograd.Function):
-    """The loss with gradients computed in the same pass (chunk by chunk, while the chunk's
-    tensors are in cache); ``backward`` only scales them by the incoming scalar gradient."""
-
-    @staticmethod
-    def forward(ctx, w_enc, b_enc, w_dec, b_dec, x, since_fired, opts):  # type: ignore[override]  # noqa: PLR0917 - Function.apply passes inputs positionally
-        params = (w_enc, b_enc, w_dec, b_dec)
-        ctx.grads = [torch.empty_like(p) for p in params]
-        return _sparse_loss(params, x, since_fired, grads=ctx.grads, **opts)
-
-    @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
-        grads, ctx.grads = ctx.grads, None
-        if not bool(grad_loss == 1):
-            grads = [g * grad_loss for g in grads]
-        return (*grads, None, None, None)
-
-
-def _sparse_loss(
-    params: tuple[Tensor, ...], x: Tensor, since_fired: Tensor, *, grads: list[Tensor] | None,
-    k: int, aux_k: int, aux_coef: float, dead_after: int, chunk: int,
-) -> Tensor:
-    """:func:`topk_loss` of ``params = (W_enc, b_enc, W_dec, b_dec)``, ``chunk`` heads at a
-    time; fills ``grads`` (one per parameter) when given."""
-    n = x.shape[0]
-    main, aux = x.new_empty(n), x.new_empty(n)
-    any_dead = False
-    for start in range(0, n, chunk):
-        heads = slice(start, min(start + chunk, n))
-        any_dead |= _sparse_chunk(
-            tuple(p[heads] for p in params), x[heads], since_fired[heads],
-            out=(main[heads], aux[heads]),
-            grads=None if grads is None else [g[heads] for g in grads],
-            k=k, aux_k=aux_k, aux_coef=aux_coef, dead_after=dead_after,
-        )
-    loss = main.sum()
-    # As topk_loss_dense: once any SAE has a dead latent, every SAE's AuxK term is added (for
-    # an SAE without dead latents it equals its reconstruction loss and has no gradient).
-    return loss + aux_coef * aux.sum() if aux_coef > 0 and any_dead else loss
-
-
-def _sparse_chunk(
-    params: tuple[Tensor, ...], x: Tensor, since_fired: Tensor, *,
-    out: tuple[Tensor, Tensor], grads: list[Tensor] | None,
-    k: int, aux_k: int, aux_coef: float, dead_after: int,
-) -> bool:
-    """Loss terms (into ``out = (main, aux)``) and gradients (into ``grads``) of ``m`` SAEs.
-
-    Only the k active latents of a token reach its reconstruction, and only they receive
-    gradient (top-k passes gradient to the selected entries only), so:
-
-    - decode ``x̂ = Σ_j a_j W_dec[i_j] + b_dec`` is an ``embedding_bag`` (k · d_in per token,
-      not d_sae · d_in);
-    - ``∂L/∂a_j = ∂L/∂x̂ · W_dec[i_j]`` is a sampled matmul at the k entries (``sampled_addmm``);
-    - ``∂W_dec = Aᵀ ∂L/∂x̂`` and ``∂W_enc = (x − b_dec)ᵀ ∂L/∂pre`` stay dense batched matmuls on
-      the chunk's (cache-resident) codes: on CPU the scatter-add of k rows per token measured
-      slower than the dense matmul at d_sae / k ≈ 20;
-    - AuxK works on the dead latents only (``[m, batch, n_dead]``), which is exact: the top
-      ``aux_k`` of the pre-activations masked to dead latents are among the dead latents, and
-      when there are at most ``aux_k`` of them all are taken (the ``-inf`` padding the dense
-      form may pick contributes ``relu(-inf) = 0``).
-
-    Returns whether any latent of the chunk is dead.
-    """
-    w_enc, b_enc, w_dec, b_dec = params
-    main, aux = out
-    m, batch, d_in = x.shape
-    d_sae = w_enc.shape[-1]
-    xc = x - b_dec[:, None, :]
-    pre = torch.baddbmm(b_enc[:, None, :], xc, w_enc)  # [m, batch, d_sae]
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    acts = values.relu()
-    rows = (indices + torch.arange(m, device=x.device)[:, None, None] * d_sae).view(-1, k)
-    x_hat = F.embedding_bag(rows, w_dec.reshape(m * d_sae, d_in), mode="sum",
-                            per_sample_weights=acts.view(-1, k)).view(m, batch, d_in)
-    err = x_hat.add_(b_dec[:, None, :]).sub_(x)
-    main.copy_(err.pow(2).sum(-1).mean(-1))
-
-    fired = torch.zeros_like(since_fired).scatter_add_(
-        -1, indices.view(m, -1), (values > 0).view(m, -1).to(since_fired.dtype))
-    since_fired.add_(batch).masked_fill_(fired > 0, 0)
-    dead = since_fired >= dead_after
-    any_dead = aux_coef > 0 and bool(dead.any())
-
-    if grads is not None:
-        g_w_enc, g_b_enc, g_w_dec, g_b_dec = grads
-        g_x_hat = err * (2 / batch)
-        code = _csr(rows, acts, m * batch, m * d_sae)
-        g_acts = torch.sparse.sampled_addmm(
-            code, g_x_hat.view(-1, d_in), w_dec.reshape(m * d_sae, d_in).T, beta=0
-        ).values().view(m, batch, k)
-        g_pre = torch.zeros_like(pre).scatter_(-1, indices, g_acts * (values > 0))
-        dense_code = torch.zeros_like(pre).scatter_(-1, indices, acts)
-        torch.bmm(dense_code.transpose(1, 2), g_x_hat, out=g_w_dec)
-        g_b_dec.copy_(g_x_hat.sum(1))
-    if any_dead:
-        n_dead = int(dead.sum(-1).max())
-        order = dead.to(x.dtype).topk(n_dead, dim=-1, sorted=False).indices  # dead ones first
-        valid = dead.gather(-1, order)
-        cols = order[:, None, :].expand(m, batch, n_dead)
-        aux_pre = pre.gather(-1, cols).masked_fill_(~valid[:, None, :], float("-inf"))
-        if n_dead > aux_k:
-            aux_values, pick = aux_pre.topk(aux_k, dim=-1, sorted=False)
-            aux_code = torch.zeros_like(aux_pre).scatter_(-1, pick, aux_values.relu())
-        else:
-            aux_code = aux_pre.relu_()
-        dead_rows = order[:, :, None].expand(m, n_dead, d_in)
-        w_dead = w_dec.gather(1, dead_rows)  # [m, n_dead, d_in]
-        aux_err = torch.bmm(aux_code, w_dead).add_(err)
-        aux.copy_(aux_err.pow(2).sum(-1).mean(-1))
-        if grads is not None:
-            g_aux = aux_err.mul_(2 * aux_coef / batch)
-            g_aux_pre = torch.bmm(g_aux, w_dead.transpose(1, 2)).mul_(aux_code > 0)
-            g_pre.scatter_add_(-1, cols, g_aux_pre)
-            g_w_dec.scatter_add_(1, dead_rows, torch.bmm(aux_code.transpose(1, 2), g_aux))
-    else:
-        aux.copy_(main)
-    if grads is not None:
-        g_bias = g_pre.sum(1)
-        g_b_enc.copy_(g_bias)
-        torch.bmm(xc.transpose(1, 2), g_pre, out=g_w_enc)
-        g_b_dec.sub_(torch.bmm(w_enc, g_bias[:, :, None])[..., 0])
-    return any_dead
-
-
-def _csr(rows: Tensor, values: Tensor, n_rows: int, n_cols: int) -> Tensor:
-    """``[n_rows, n_cols]`` CSR matrix with ``rows.shape[1]`` entries per row at ``rows``."""
-    per_row = rows.shape[1]
-    crow = torch.arange(0, n_rows * per_row + 1, per_row, device=rows.device)
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": used for sampled_addmm
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, rows.reshape(-1), values.reshape(-1),
-                                       (n_rows, n_cols))
 
 
 def _adam(sae: BatchedTopKSAE, lr: float) -> torch.optim.Adam:
@@ -356,18 +221,9 @@ def train_batched(
     if cfg.init_b_dec == "mean":
         with torch.no_grad():
             sae.b_dec.copy_(acts.float().mean(1).to(device))
-    opt = _adam(sae, cfg.lr)
-    steps_per_epoch = (n_tokens + cfg.batch_size - 1) // cfg.batch_size
-    total = cfg.epochs * steps_per_epoch
+    step = _Stepper(sae, cfg, n_tokens)
+    total = cfg.epochs * ((n_tokens + cfg.batch_size - 1) // cfg.batch_size)
     total = total if cfg.max_steps is None else min(total, cfg.max_steps)
-    dead_after = cfg.dead_after_tokens or n_tokens
-    since_fired = torch.zeros(sae.n, sae.cfg.d_sae, dtype=torch.long, device=device)
-    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
-    sparse = resolve_kernel(cfg.kernel, device) == "sparse"
-    if sparse:  # the kernel overwrites these every step: no allocation per step
-        opts = _sparse_opts(sae, cfg, dead_after, device)
-        for p in params:
-            p.grad = torch.zeros_like(p)
     result = TrainResult(steps=0, tokens=0, seconds=0.0, config=asdict(cfg))
     running, t0 = 0.0, time.perf_counter()
     bar = tqdm(total=total, desc="train SAEs", disable=not progress, leave=False)
@@ -377,19 +233,7 @@ def train_batched(
             if result.steps >= total:
                 break
             x = acts[:, batch_idx.to(acts.device)].to(device=device, dtype=sae.W_enc.dtype)
-            if sparse:
-                with torch.no_grad():
-                    loss = _sparse_loss(params, x, since_fired,
-                                        grads=[p.grad for p in params], **opts)
-            else:
-                loss = topk_loss_dense(sae, x, since_fired, cfg, dead_after)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            with torch.no_grad():
-                w, g = sae.W_dec, sae.W_dec.grad
-                g.addcmul_(torch.linalg.vecdot(g, w)[..., None], w, value=-1)
-                opt.step()
-                w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+            loss = step(x)
             result.steps += 1
             result.tokens += x.shape[1]
             running += float(loss.detach()) / sae.n
@@ -398,10 +242,46 @@ def train_batched(
                 running = 0.0
             bar.update(1)
     bar.close()
-    opt.zero_grad(set_to_none=True)
+    step.opt.zero_grad(set_to_none=True)
     result.seconds = time.perf_counter() - t0
     log.info("trained %d SAEs: %d steps in %.1f s", sae.n, result.steps, result.seconds)
     return result
+
+
+class _Stepper:
+    """One optimizer step of :func:`train_batched` on a batch ``x`` (returns its loss): the
+    sparse kernel's loss and gradients in one pass, or autograd on the dense loss; then Adam
+    with the decoder rows held at unit norm."""
+
+    def __init__(self, sae: BatchedTopKSAE, cfg: TrainConfig, n_tokens: int) -> None:
+        device = sae.W_enc.device
+        self.sae, self.cfg = sae, cfg
+        self.opt = _adam(sae, cfg.lr)
+        self.dead_after = cfg.dead_after_tokens or n_tokens
+        self.since_fired = torch.zeros(sae.n, sae.cfg.d_sae, dtype=torch.long, device=device)
+        self.params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+        self.sparse = resolve_kernel(cfg.kernel, device) == "sparse"
+        if self.sparse:  # the kernel overwrites these every step: no allocation per step
+            self.opts = _sparse_opts(sae, cfg, self.dead_after, device)
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        sae = self.sae
+        if self.sparse:
+            with torch.no_grad():
+                loss = sparse_topk_loss(self.params, x, self.since_fired,
+                                        grads=[p.grad for p in self.params], **self.opts)
+        else:
+            loss = topk_loss_dense(sae, x, self.since_fired, self.cfg, self.dead_after)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with torch.no_grad():
+            w, g = sae.W_dec, sae.W_dec.grad
+            g.addcmul_(torch.linalg.vecdot(g, w)[..., None], w, value=-1)
+            self.opt.step()
+            w.div_(w.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+        return loss
 
 
 def site_activations(

@@ -2,7 +2,7 @@
 
 Each builder returns ``{path inside the hub repository: content}`` for
 :func:`hub_cache.write_hub_snapshot`. Shapes and configs are the real ones except where a
-docstring says what was shrunk (and why). Used by ``tests/unit/test_saes_loading.py`` and by
+docstring says what was shrunk (and why). Used by ``tests/unit/saes/test_saes_loading.py`` and by
 ``tests/integration/test_notebooks.py``, which writes all of them into one cache for
 ``notebooks/04_pretrained_saes.ipynb``.
 

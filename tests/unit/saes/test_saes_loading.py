@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fake_releases import (
+from unit.fake_releases import (
     GEMMA_PATH,
     GEMMA_REPO,
     KK_REPO,
@@ -14,7 +14,7 @@ from fake_releases import (
     kk_files,
     pythia_res_sm_files,
 )
-from hub_cache import offline_hub, write_hub_snapshot
+from unit.hub_cache import offline_hub, write_hub_snapshot
 
 from cgc_lens import CgcLensError, Site
 from cgc_lens.saes import (
