@@ -2,8 +2,8 @@
 
 Three timings, interleaved in one run (medians and minima over ``--reps``):
 
-- **sweep**: ``cgc_lens.forward.ablation.head_ablation`` as the study calls it (one dense forward per
-  batch caching ``hook_z`` and ``hook_resid_mid``, then per head: subtract its contribution,
+- **sweep**: ``cgc_lens.forward.ablation.head_ablation`` as the study calls it (one dense forward
+  per batch caching ``hook_z`` and ``hook_resid_mid``, then per head: subtract its contribution,
   rest of block ℓ, blocks > ℓ, unembedding, NLL and KL; ``--heads-per-pass`` heads of a layer
   stacked, 1 by default as the library does on CPU);
 - **floor**: only the work no exact method can skip, on the same stacked shapes: per head, the
@@ -31,14 +31,9 @@ import numpy as np
 import torch
 from common import get_model
 
-from cgc_lens.forward.ablation import (
-    _check_model,
-    _finish,
-    _logp,
-    _losses,
-    head_ablation,
-    head_ablation_naive,
-)
+from cgc_lens.forward.ablation import head_ablation, head_ablation_naive
+from cgc_lens.forward.head_edits import logits_from_residual, residual_start
+from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.sites import Head, hook_name
 
 SHAPES = {  # random TransformerLens models with the real shapes (vocab reduced where noted)
@@ -57,13 +52,13 @@ DEFAULTS = {  # blocks, seq, batch size, layers swept (None: all)
 @torch.no_grad()
 def floor_inputs(model, tokens, heads, batch_size, per_pass):
     """Per batch: (batch, dense log-probs, [(layer, stacked residual)]) built outside the clock."""
-    start = _check_model(model)
+    start = residual_start(model)
     layers = sorted({h.layer for h in heads})
     out = []
     for batch in tokens.split(batch_size):
         _, cache = model.run_with_cache(
             batch, names_filter=[hook_name(start, layer=ell) for ell in layers])
-        ref = _logp(model(batch))
+        ref = log_probs(model(batch))
         work = []
         for ell in layers:
             n = sum(h.layer == ell for h in heads)
@@ -78,12 +73,12 @@ def floor_inputs(model, tokens, heads, batch_size, per_pass):
 @torch.no_grad()
 def floor(model, start, inputs, *, with_dense: bool) -> None:
     for batch, cached, work in inputs:
-        ref = _logp(model(batch)) if with_dense else cached
+        ref = log_probs(model(batch)) if with_dense else cached
         ref_p = ref.exp()
         b, pos = batch.shape
         for ell, e, x in work:
-            logp = _logp(_finish(model, ell, x, start)).view(e, b, pos, -1)
-            _losses(logp, batch, ref, ref_p)
+            logp = log_probs(logits_from_residual(model, ell, x, start)).view(e, b, pos, -1)
+            nll_kl_sums(logp, batch, ref, ref_p)
 
 
 def main() -> None:

@@ -31,9 +31,9 @@ from torch import Tensor, nn
 
 from cgc_lens.adaptive.objective import ema_update
 from cgc_lens.errors import CgcLensError
+from cgc_lens.io.serialization import load_folder, save_folder
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.per_head import tied_unit_init
-from cgc_lens.io.serialization import load_folder, save_folder
 from cgc_lens.sites import Site
 
 __all__ = ["AdaptiveCompressor", "CompressorConfig", "n_retained"]

@@ -22,10 +22,10 @@ from torch import Tensor
 
 from cgc_lens.adaptive.compressor import AdaptiveCompressor
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.streaming import run_sites
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.saes.quality import SAEQuality, evaluate_saes
-from cgc_lens.forward.streaming import run_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer

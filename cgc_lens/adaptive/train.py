@@ -15,10 +15,9 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from einops import rearrange
 from jaxtyping import Int
@@ -26,13 +25,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from cgc_lens.adaptive.compressor import AdaptiveCompressor, n_retained
-from cgc_lens.adaptive.objective import Contrastive, compressor_loss, retention
+from cgc_lens.adaptive.history import TrainHistory, Window, batch_stats, check_finite
+from cgc_lens.adaptive.objective import Contrastive, LossTerms, compressor_loss, retention
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.streaming import run_sites
 from cgc_lens.saes.per_head import BatchedTopKSAE
 
 # topk_loss: our SAE trainer's TopK + AuxK loss (train_batched itself needs all activations stored).
 from cgc_lens.saes.train import TrainConfig, topk_loss
-from cgc_lens.forward.streaming import run_sites
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -140,30 +140,6 @@ class AdaptiveTrainConfig:
                          warmup=self.warmup, period=self.period)
 
 
-@dataclass(kw_only=True)
-class TrainHistory:
-    """What a training run did: training curves per method and site, averaged per window."""
-
-    steps: int
-    """Steps taken."""
-    tokens: int
-    """Tokens every compressor saw."""
-    seconds: float
-    """Wall time of the loop."""
-    records: list[dict[str, Any]] = field(default_factory=list)
-    """One row per logged window, method and site: step, method, site, layer, loss,
-    reconstruction, l1, contrastive, l0, explained_variance (of the batches); the compressor's
-    rows also retention and kept (latents the mask keeps)."""
-    first_nonfinite: dict[str, int] = field(default_factory=dict)
-    """``"method/site"`` → first step whose loss was NaN or infinite."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """The AdaptiveTrainConfig, as a dict."""
-
-    def to_frame(self) -> pd.DataFrame:
-        """The training curves as a long DataFrame."""
-        return pd.DataFrame(self.records)
-
-
 class _Batches:
     """``steps`` batches of ``batch_size`` rows, reshuffled every pass over ``tokens``."""
 
@@ -184,39 +160,6 @@ class _Batches:
                     return
                 yield self.tokens[perm[start:start + size]]
                 done += 1
-
-
-class _Window:
-    """Running sums of per-site figures between two log points."""
-
-    def __init__(self) -> None:
-        self.sums: dict[tuple[str, int], dict[str, float]] = {}
-        self.count = 0
-
-    def add(self, method: str, values: Mapping[str, Tensor]) -> None:
-        for name, per_site in values.items():
-            for i, v in enumerate(per_site.detach().double().cpu().tolist()):
-                row = self.sums.setdefault((method, i), {})
-                row[name] = row.get(name, 0.0) + v
-
-    def flush(
-        self, step: int, sites: list[Any], extra: Mapping[str, Mapping[str, float]]
-    ) -> list[dict]:
-        rows = []
-        for (method, i), sums in self.sums.items():
-            rows.append({"step": step, "method": method, "site": sites[i].key,
-                         "layer": sites[i].layer, **{k: v / self.count for k, v in sums.items()},
-                         **extra.get(method, {})})
-        self.sums, self.count = {}, 0
-        return rows
-
-
-def _batch_stats(x: Tensor, x_hat: Tensor, feats: Tensor) -> dict[str, Tensor]:
-    """Per-site L0 and explained variance of one batch ``[n, t, d]``."""
-    with torch.no_grad():
-        total = (x - x.mean(1, keepdim=True)).pow(2).sum((1, 2))
-        ev = 1 - (x - x_hat).pow(2).sum((1, 2)) / total.clamp_min(1e-30)
-        return {"l0": (feats != 0).sum(-1).double().mean(-1), "explained_variance": ev}
 
 
 def _project_decoder_grad(w: Tensor) -> None:
@@ -262,69 +205,95 @@ def train_compressors(
             f"d_in={compressor.d_in}; got {[s.key for s in baseline.sites]}, "
             f"d_in={baseline.cfg.d_in}."
         )
-    device = compressor.W_enc.device
-    opt = torch.optim.AdamW(compressor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    topk_cfg = TrainConfig(lr=cfg.baseline_lr, aux_k_coef=cfg.baseline_aux_k_coef)
-    base_opt = torch.optim.Adam(baseline.parameters(), lr=cfg.baseline_lr) if baseline else None
-    since_fired = (torch.zeros(baseline.n, baseline.cfg.d_sae, dtype=torch.long, device=device)
-                   if baseline else None)
-    hist = TrainHistory(steps=0, tokens=0, seconds=0.0, config=asdict(cfg))
-    window, t0 = _Window(), time.perf_counter()
-    bar = tqdm(total=cfg.steps, desc="train compressors", disable=not progress, leave=False)
-    batch_tokens = min(cfg.batch_size, tokens.shape[0]) * tokens.shape[1]
-    # Gao et al. call a latent dead after 10M tokens without firing; a short run uses a quarter.
-    dead_after = max(batch_tokens, min(10_000_000, cfg.steps * batch_tokens // 4))
-
-    def step(acts: Mapping[str, Tensor], i: int) -> None:
-        x = torch.stack([acts[s.key] for s in sites]).to(device=device, dtype=torch.float32)
-        x = rearrange(x, "n b p d -> n (b p) d")
-        if i == 0:
-            _init_decoder_bias(compressor, baseline, x)
-        r = cfg.retention_at(i)
-        compressor.set_retention(r)
-        with torch.enable_grad():
-            a = compressor._activations(x)
-            feats = compressor._gated(a)
-            x_hat = compressor._decode(feats, x)
-            terms = compressor_loss(x, x_hat, feats, compressor.W_dec, l1_coef=cfg.l1_coef,
-                                    contrastive_coef=cfg.contrastive_coef,
-                                    contrastive=cfg.contrastive)
-            opt.zero_grad(set_to_none=True)
-            terms.total.backward()
-        with torch.no_grad():
-            if cfg.unit_norm_decoder:
-                _project_decoder_grad(compressor.W_dec)
-            opt.step()
-            if cfg.unit_norm_decoder:
-                _renorm(compressor.W_dec)
-        compressor.update_importance(a.detach())
-        window.add("adaptive", {
-            "loss": terms.per_site, "reconstruction": terms.reconstruction, "l1": terms.l1,
-            "contrastive": terms.contrastive, **_batch_stats(x, x_hat, feats)})
-        _check_finite(hist, "adaptive", sites, terms.per_site, i)
-        if baseline is not None:
-            stats = _topk_step(baseline, base_opt, x, since_fired=since_fired, cfg=topk_cfg,
-                               dead_after=dead_after)
-            window.add("topk", stats)
-            _check_finite(hist, "topk", sites, stats["loss"], i)
-        window.count += 1
-        hist.steps, hist.tokens = i + 1, hist.tokens + x.shape[1]
-        if hist.steps % cfg.log_every == 0 or hist.steps == cfg.steps:
-            hist.records += window.flush(hist.steps, sites, {"adaptive": {
-                "retention": r, "kept": n_retained(r, compressor.d_sae)}})
-            bar.set_postfix(loss=f"{float(terms.per_site.mean()):.4g}")
-        bar.update(1)
-
+    run = _Run(compressor, cfg, baseline, tokens, progress=progress)
     try:
         run_sites(model, _Batches(tokens, cfg.batch_size, cfg.steps, cfg.seed), sites,
-                  callback=step, progress=False)
+                  callback=run.step, progress=False)
     finally:
-        bar.close()
-    hist.seconds = time.perf_counter() - t0
+        run.bar.close()
+    run.hist.seconds = time.perf_counter() - run.t0
     log.info("trained %d compressors%s: %d steps, %d tokens in %.1f s", compressor.n,
-             " and their TopK baseline" if baseline else "", hist.steps, hist.tokens,
-             hist.seconds)
-    return hist
+             " and their TopK baseline" if baseline else "", run.hist.steps, run.hist.tokens,
+             run.hist.seconds)
+    return run.hist
+
+
+class _Run:
+    """The state of one :func:`train_compressors` run; :meth:`step` takes one batch's readings."""
+
+    def __init__(
+        self, compressor: AdaptiveCompressor, cfg: AdaptiveTrainConfig,
+        baseline: BatchedTopKSAE | None, tokens: Tensor, *, progress: bool,
+    ) -> None:
+        self.compressor, self.cfg, self.baseline = compressor, cfg, baseline
+        self.sites = list(compressor.sites)
+        self.device = device = compressor.W_enc.device
+        self.opt = torch.optim.AdamW(compressor.parameters(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
+        self.topk_cfg = TrainConfig(lr=cfg.baseline_lr, aux_k_coef=cfg.baseline_aux_k_coef)
+        self.base_opt = (torch.optim.Adam(baseline.parameters(), lr=cfg.baseline_lr)
+                         if baseline else None)
+        self.since_fired = (torch.zeros(baseline.n, baseline.cfg.d_sae, dtype=torch.long,
+                                        device=device) if baseline else None)
+        self.hist = TrainHistory(steps=0, tokens=0, seconds=0.0, config=asdict(cfg))
+        self.window, self.t0 = Window(), time.perf_counter()
+        self.bar = tqdm(total=cfg.steps, desc="train compressors", disable=not progress,
+                        leave=False)
+        batch_tokens = min(cfg.batch_size, tokens.shape[0]) * tokens.shape[1]
+        # Gao et al.: dead after 10M tokens without firing; a short run uses a quarter of it.
+        self.dead_after = max(batch_tokens, min(10_000_000, cfg.steps * batch_tokens // 4))
+
+    def step(self, acts: Mapping[str, Tensor], i: int) -> None:
+        """Step ``i``: one update of the compressor (and of the baseline) on these readings."""
+        cfg, compressor, sites, hist = self.cfg, self.compressor, self.sites, self.hist
+        x = torch.stack([acts[s.key] for s in sites]).to(device=self.device, dtype=torch.float32)
+        x = rearrange(x, "n b p d -> n (b p) d")
+        if i == 0:
+            _init_decoder_bias(compressor, self.baseline, x)
+        r = cfg.retention_at(i)
+        feats, x_hat, terms = _compressor_step(compressor, self.opt, x, r, cfg)
+        self.window.add("adaptive", {
+            "loss": terms.per_site, "reconstruction": terms.reconstruction, "l1": terms.l1,
+            "contrastive": terms.contrastive, **batch_stats(x, x_hat, feats)})
+        check_finite(hist, "adaptive", sites, terms.per_site, i)
+        if self.baseline is not None:
+            stats = _topk_step(self.baseline, self.base_opt, x, since_fired=self.since_fired,
+                               cfg=self.topk_cfg, dead_after=self.dead_after)
+            self.window.add("topk", stats)
+            check_finite(hist, "topk", sites, stats["loss"], i)
+        self.window.count += 1
+        hist.steps, hist.tokens = i + 1, hist.tokens + x.shape[1]
+        if hist.steps % cfg.log_every == 0 or hist.steps == cfg.steps:
+            hist.records += self.window.flush(hist.steps, sites, {"adaptive": {
+                "retention": r, "kept": n_retained(r, compressor.d_sae)}})
+            self.bar.set_postfix(loss=f"{float(terms.per_site.mean()):.4g}")
+        self.bar.update(1)
+
+
+def _compressor_step(
+    compressor: AdaptiveCompressor, opt: torch.optim.Optimizer, x: Tensor, r: float,
+    cfg: AdaptiveTrainConfig,
+) -> tuple[Tensor, Tensor, LossTerms]:
+    """One step of the compressor at retention ``r`` (Eq. 6 mask, Eq. 5 loss, AdamW, Eq. 2
+    importance); its latents, reconstruction and loss terms before the step."""
+    compressor.set_retention(r)
+    with torch.enable_grad():
+        a = compressor._activations(x)
+        feats = compressor._gated(a)
+        x_hat = compressor._decode(feats, x)
+        terms = compressor_loss(x, x_hat, feats, compressor.W_dec, l1_coef=cfg.l1_coef,
+                                contrastive_coef=cfg.contrastive_coef,
+                                contrastive=cfg.contrastive)
+        opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+    with torch.no_grad():
+        if cfg.unit_norm_decoder:
+            _project_decoder_grad(compressor.W_dec)
+        opt.step()
+        if cfg.unit_norm_decoder:
+            _renorm(compressor.W_dec)
+    compressor.update_importance(a.detach())
+    return feats, x_hat, terms
 
 
 @torch.no_grad()
@@ -353,7 +322,7 @@ def _topk_step(
         x_hat = sae._decode_dense(feats)
         recon = (x - x_hat).pow(2).sum(-1).mean(-1)
         stats = {"loss": recon, "reconstruction": recon, "l1": feats.abs().sum(-1).mean(-1),
-                 **_batch_stats(x, x_hat, feats)}
+                 **batch_stats(x, x_hat, feats)}
     with torch.enable_grad():
         loss = topk_loss(sae, x, since_fired, cfg, dead_after)
         opt.zero_grad(set_to_none=True)
@@ -363,11 +332,3 @@ def _topk_step(
         opt.step()
         _renorm(sae.W_dec)
     return stats
-
-
-def _check_finite(hist: TrainHistory, method: str, sites: list[Any], loss: Tensor, i: int) -> None:
-    for j, value in enumerate(loss.detach().cpu().tolist()):
-        key = f"{method}/{sites[j].key}"
-        if not math.isfinite(value) and key not in hist.first_nonfinite:
-            hist.first_nonfinite[key] = i
-            log.warning("%s: non-finite training loss %s at step %d", key, value, i)

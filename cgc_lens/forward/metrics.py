@@ -11,7 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from cgc_lens.data import TokenBlocks, sliding_windows
+from cgc_lens.data import TokenBlocks, Window, sliding_windows
 from cgc_lens.errors import CgcLensError
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ __all__ = [
     "check_token_ids",
     "kl_divergence",
     "log_probs",
+    "nll_kl_sums",
     "perplexity",
     "perplexity_result",
     "token_nll",
@@ -72,6 +73,38 @@ def kl_divergence(
     ref_logp = torch.log_softmax(ref_logits.to(dtype), dim=-1)
     logp = torch.log_softmax(logits.to(dtype), dim=-1)
     return (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+
+
+def nll_kl_sums(
+    logp: Float[Tensor, "*lead batch pos d_vocab"],
+    tokens: Int[Tensor, "batch pos"],
+    ref_logp: Float[Tensor, "batch pos d_vocab"],
+    ref_p: Float[Tensor, "batch pos d_vocab"],
+) -> tuple[Tensor, Tensor]:
+    """Summed next-token NLL (:func:`token_nll`) and KL(ref ‖ ·) (:func:`kl_divergence`) over
+    every position, per leading index, in float64, from log-probabilities (:func:`log_probs`).
+
+    ``ref_p`` is ``ref_logp.exp()`` (kept by callers that score many models against one
+    reference). ``logp`` is consumed: the KL is formed in place in its buffer (``logp − ref``,
+    then one dot product with ``p_ref`` per position), which on CPU is about 3× faster than
+    materialising ``p_ref (ref − logp)`` and as exact (the difference is taken elementwise,
+    never as a difference of two sums). With ``logp is ref_logp`` the KL is zero.
+
+    Example:
+        >>> ref = log_probs(torch.zeros(1, 3, 4))
+        >>> nll, kl = nll_kl_sums(log_probs(torch.randn(1, 3, 4)), torch.tensor([[0, 1, 2]]),
+        ...                       ref, ref.exp())
+        >>> nll.dtype, bool(kl >= 0)
+        (torch.float64, True)
+    """
+    lead = logp.shape[:-3]
+    target = tokens[:, 1:, None].expand(*lead, -1, -1, 1)
+    nll = -logp[..., :-1, :].gather(-1, target).squeeze(-1).double().sum((-2, -1))
+    if logp is ref_logp:
+        return nll, torch.zeros_like(nll)
+    diff = logp.sub_(ref_logp).reshape(-1, *logp.shape[-3:])  # log p − log p_ref, in place
+    kl = torch.stack([-torch.einsum("bpv,bpv->bp", ref_p, d).double().sum() for d in diff])
+    return nll, kl.reshape(lead)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,27 +192,52 @@ def perplexity_result(
     if (window is None) != (stride is None):
         raise CgcLensError(f"Expected window and stride together (sliding) or neither (chunked), "
                            f"got window={window}, stride={stride}.")
+    rows = _token_rows(tokens, chunked=window is None)
+    bos = bos_token_id(model) if prepend_bos else None
+    width = window if window is not None else rows.shape[1]
+    _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None))
+    # chunked is the sliding protocol with one window per row
+    windows = sliding_windows(rows.shape[1], window=width, stride=stride or width,
+                              prepend_bos=prepend_bos)
+    nll_sum, n_tokens = _scored_nll(model, rows, _window_batches(rows, windows, batch_size),
+                                    bos=bos, progress=progress)
+    return PerplexityResult(nll_sum=float(nll_sum), n_tokens=n_tokens,
+                            protocol="chunked" if window is None else "sliding",
+                            window=window, stride=stride)
+
+
+def _token_rows(
+    tokens: TokenBlocks | Tensor, *, chunked: bool
+) -> Int[Tensor, "batch pos"]:
+    """The token rows of a perplexity input: blocks as they are, a 1-D stream as one row."""
     rows = tokens.tokens if isinstance(tokens, TokenBlocks) else torch.as_tensor(tokens)
-    if window is None and rows.ndim != 2:
+    if chunked and rows.ndim != 2:
         raise CgcLensError(f"Expected [n_blocks, block_len] tokens for chunked perplexity, got "
                            f"shape {tuple(rows.shape)}; pass window= and stride= for a stream.")
     rows = rows[None] if rows.ndim == 1 else rows
     if rows.ndim != 2 or rows.numel() == 0:
         raise CgcLensError(f"Expected non-empty tokens [batch, pos] or [pos], got shape "
                            f"{tuple(rows.shape)}.")
-    bos = bos_token_id(model) if prepend_bos else None
-    width = window if window is not None else rows.shape[1]
-    _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None))
-    # (row, begin, end, score_from) per forward pass, grouped by length to batch them
-    # chunked is the sliding protocol with one window per row
-    windows = sliding_windows(rows.shape[1], window=width, stride=stride or width,
-                              prepend_bos=prepend_bos)
+    return rows
+
+
+def _window_batches(
+    rows: Tensor, windows: list[Window], batch_size: int
+) -> list[list[tuple[int, int, int, int]]]:
+    """(row, begin, end, score_from) per forward pass, grouped by length to batch them."""
     spans: dict[int, list[tuple[int, int, int, int]]] = {}
     for r in range(rows.shape[0]):
         for w in windows:
             spans.setdefault(w.end - w.begin, []).append((r, w.begin, w.end, w.score_from))
-    batches = [group[i:i + batch_size] for group in spans.values()
-               for i in range(0, len(group), batch_size)]
+    return [group[i:i + batch_size] for group in spans.values()
+            for i in range(0, len(group), batch_size)]
+
+
+def _scored_nll(
+    model: HookedTransformer, rows: Tensor, batches: list[list[tuple[int, int, int, int]]], *,
+    bos: int | None, progress: bool,
+) -> tuple[Tensor, int]:
+    """Summed NLL (float64) and count of the positions each window scores."""
     device = next(model.parameters()).device
     nll_sum, n_tokens = torch.zeros((), dtype=torch.float64), 0
     with torch.inference_mode():
@@ -194,9 +252,7 @@ def perplexity_result(
             mask = torch.arange(nll.shape[1])[None] >= first[:, None]
             nll_sum += nll[mask.to(device)].double().sum().cpu()
             n_tokens += int(mask.sum())
-    return PerplexityResult(nll_sum=float(nll_sum), n_tokens=n_tokens,
-                            protocol="chunked" if window is None else "sliding",
-                            window=window, stride=stride)
+    return nll_sum, n_tokens
 
 
 def perplexity(

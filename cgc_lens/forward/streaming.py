@@ -121,6 +121,43 @@ def iter_batches(
     return iter(tokens), n_known
 
 
+def _resolve(
+    model: HookedTransformer, sites: Sequence[SiteLike], accumulators: Sequence[Any],
+    stop_at_layer: int | Literal["auto"] | None,
+) -> tuple[set[str], dict[str, list[tuple[str, int | None]]], int | None]:
+    """What :func:`run_sites` reads, validated: the reading keys, (key, head) of each reading
+    per hook, and the layer to stop at."""
+    if not sites:
+        raise CgcLensError("run_sites needs at least one site to read; got none.")
+    resolved = [_as_site_key(model, s) for s in sites]
+    by_hook: dict[str, list[tuple[str, int | None]]] = {}
+    for key, hook, head in dict.fromkeys(resolved):
+        by_hook.setdefault(hook, []).append((key, head))
+    for acc in accumulators:
+        if not callable(getattr(acc, "update", None)):
+            raise CgcLensError(
+                f"Accumulators need an update(acts, batch_index) method; got {acc!r}."
+            )
+    stop = stop_layer(model, by_hook) if stop_at_layer == "auto" else stop_at_layer
+    return {k for k, _, _ in resolved}, by_hook, stop
+
+
+def _reading_hooks(
+    by_hook: Mapping[str, list[tuple[str, int | None]]], readings: dict[str, Tensor]
+) -> list[tuple[str, Callable[..., None]]]:
+    """Forward hooks that store each hook's readings (one head of a per-head hook, or all of
+    it) in ``readings`` under their keys."""
+
+    def make_hook(targets: list[tuple[str, int | None]]) -> Callable[..., None]:
+        def hook_fn(act: Tensor, hook: object) -> None:
+            for key, head in targets:
+                readings[key] = act.detach() if head is None else act.detach()[:, :, head]
+
+        return hook_fn
+
+    return [(hook, make_hook(targets)) for hook, targets in by_hook.items()]
+
+
 @torch.no_grad()
 def run_sites(
     model: HookedTransformer,
@@ -134,7 +171,8 @@ def run_sites(
     progress: bool = True,
     desc: str = "forward",
 ) -> int:
-    """Run ``model`` over ``tokens`` batch by batch and hand each batch's readings on.
+    """Run ``model`` over ``tokens`` batch by batch and hand each batch's readings on; returns
+    the number of batches run.
 
     Args:
         model: a TransformerLens model; token batches are moved to its device.
@@ -150,9 +188,6 @@ def run_sites(
         progress: show a tqdm bar.
         desc: the bar's label.
 
-    Returns:
-        The number of batches run.
-
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
         >>> cfg = HookedTransformerConfig(n_layers=2, d_model=8, n_ctx=4, d_head=4, d_vocab=5,
@@ -166,44 +201,15 @@ def run_sites(
         >>> shapes
         [(2, 4, 4), (1, 4, 4)]
     """
-    if not sites:
-        raise CgcLensError("run_sites needs at least one site to read; got none.")
-    resolved = [_as_site_key(model, s) for s in sites]
-    by_hook: dict[str, list[tuple[str, int | None]]] = {}
-    for key, hook, head in dict.fromkeys(resolved):
-        by_hook.setdefault(hook, []).append((key, head))
-    for acc in accumulators:
-        if not callable(getattr(acc, "update", None)):
-            raise CgcLensError(
-                f"Accumulators need an update(acts, batch_index) method; got {acc!r}."
-            )
-    stop = stop_layer(model, by_hook) if stop_at_layer == "auto" else stop_at_layer
-
+    keys, by_hook, stop = _resolve(model, sites, accumulators, stop_at_layer)
     readings: dict[str, Tensor] = {}
-
-    def make_hook(targets: list[tuple[str, int | None]]) -> Callable[..., None]:
-        def hook_fn(act: Tensor, hook: object) -> None:
-            for key, head in targets:
-                readings[key] = act.detach() if head is None else act.detach()[:, :, head]
-
-        return hook_fn
-
-    fwd_hooks = [(hook, make_hook(targets)) for hook, targets in by_hook.items()]
-    device = model.cfg.device
     batches, n_batches = iter_batches(tokens, batch_size)
     n_done = 0
-    with model.hooks(fwd_hooks=fwd_hooks), tqdm(
+    with model.hooks(fwd_hooks=_reading_hooks(by_hook, readings)), tqdm(
         total=n_batches, desc=desc, disable=not progress, leave=False
     ) as bar:
         for i, batch in enumerate(batches):
-            readings.clear()
-            model(batch.to(device), stop_at_layer=stop, return_type=None)
-            missing = set(k for k, _, _ in resolved) - set(readings)
-            if missing:
-                raise CgcLensError(
-                    f"Hooks {sorted(missing)} did not fire with stop_at_layer={stop}; "
-                    "stop later or pass stop_at_layer='auto'."
-                )
+            _read(model, batch, stop, readings, keys)
             for acc in accumulators:
                 acc.update(readings, i)
             if callback is not None:
@@ -212,6 +218,21 @@ def run_sites(
             bar.update(1)
     readings.clear()
     return n_done
+
+
+def _read(
+    model: HookedTransformer, batch: Tensor, stop: int | None, readings: dict[str, Tensor],
+    keys: set[str],
+) -> None:
+    """One forward of ``batch`` (on the model's device) that fills ``readings`` with ``keys``."""
+    readings.clear()
+    model(batch.to(model.cfg.device), stop_at_layer=stop, return_type=None)
+    missing = keys - set(readings)
+    if missing:
+        raise CgcLensError(
+            f"Hooks {sorted(missing)} did not fire with stop_at_layer={stop}; "
+            "stop later or pass stop_at_layer='auto'."
+        )
 
 
 class _Collector:

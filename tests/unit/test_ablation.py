@@ -7,11 +7,12 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from cgc_lens.forward.ablation import head_ablation, head_ablation_naive, head_means, head_prune_sweep
 from cgc_lens.analysis.importance import wanda_head_importance
 from cgc_lens.compress import HeadPrune, compressed
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.ablation import head_ablation, head_ablation_naive, head_means
 from cgc_lens.forward.metrics import kl_divergence, perplexity, token_nll
+from cgc_lens.forward.prune_sweep import head_prune_sweep
 from cgc_lens.sites import Head
 from conftest import make_tiny_model
 

@@ -28,7 +28,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from cgc_lens.forward.ablation import _losses
 from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
@@ -40,7 +39,7 @@ from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.forward.metrics import log_probs
+from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.probes import run_probes
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.sites import Head, hook_name
@@ -299,7 +298,7 @@ class KLFitness:
             take = min(rows - count, batch.shape[0])
             b, r = batch[:take], ref[:take]
             logp = log_probs(self.model(b, return_type="logits"))
-            total += float(_losses(logp, b, r, r.exp())[1])
+            total += float(nll_kl_sums(logp, b, r, r.exp())[1])
             count += take
         return total / (rows * self.tokens.shape[1])
 
@@ -337,7 +336,8 @@ def evaluate_allocations(
         ref_p = ref.exp()
         for name in names:
             with compressed(model, HeadPrune(dict(allocations[name]))):
-                a, k = _losses(log_probs(model(batch, return_type="logits")), batch, ref, ref_p)
+                a, k = nll_kl_sums(log_probs(model(batch, return_type="logits")), batch, ref,
+                                   ref_p)
             nll[name] += float(a)
             kl[name] += float(k)
         n_scored += batch.shape[0] * (batch.shape[1] - 1)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.stats
 
-from cgc_lens.forward.ablation import head_ablation, head_prune_sweep
+from cgc_lens.forward.ablation import head_ablation
+from cgc_lens.forward.prune_sweep import head_prune_sweep
 from cgc_lens.analysis.allocation import Allocation, cgc_f, cgc_l, inverted, uniform
 from cgc_lens.analysis.density import DensityResult, capability_density
 from cgc_lens.analysis.importance import (
