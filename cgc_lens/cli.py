@@ -18,9 +18,17 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-__all__ = ["build_parser", "main", "render_cli_markdown"]
+from cgc_lens.cli_options import add_config_arguments, config_from_command_line
+
+__all__ = [
+    "STUDIES", "StudyCommand", "add_study_arguments", "build_parser", "format_table", "main",
+    "render_cli_markdown", "run_study", "study_config",
+]
 
 log = logging.getLogger("cgc_lens")
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int], str]] = {}
@@ -111,28 +119,172 @@ def _ppl(args: argparse.Namespace) -> int:
 
 _command("ppl", "perplexity of a model on a corpus (chunked or sliding window)")((_ppl_args, _ppl))
 
-_STUDIES = {
-    "survival": ("cgc_lens.studies.survival.run",
-                 "feature-survival audit of a frozen SAE under compression"),
-    "cgc": ("cgc_lens.studies.capability.config",
-            "capability-guided compression: density, Wanda, ablation, allocations"),
-    "adaptive": ("cgc_lens.studies.adaptive.run",
-                 "AdaptiveCompress residual compressor beside a TopK SAE"),
+# --------------------------------------------------------------------------- the studies
+
+
+@dataclass(frozen=True, kw_only=True)
+class StudyCommand:
+    """One study command's row of the table the three share: what it parses into, what it runs
+    and how it reports. Every field of its config is an option (``--field-name``)."""
+
+    help: str
+    """One line on what the study does."""
+    config: str
+    """``module:Class`` of the study's frozen Config (imported when the parser is built)."""
+    run: Callable[[Any], Any]
+    """``run(config) -> result``; the result has ``save(out) -> Path``."""
+    report: Callable[[Any, Path], None]
+    """Prints or logs the main table of a saved result: ``report(result, out)``."""
+    out_help: str
+    """Help of ``--out``."""
+    config_help: str
+    """Help of ``--config`` (a JSON config, or a shipped one by name)."""
+    layout: tuple[str, ...] = ("fields", "config", "out")
+    """Order of the options in ``--help``: ``fields``, ``config``, ``out``, ``aliases``."""
+    skip: tuple[str, ...] = ()
+    """Config fields without an option (set through ``--config``)."""
+    nested: tuple[str, ...] = ()
+    """Nested config fields whose own fields are options too."""
+    aliases: tuple[tuple[str, str, type, str], ...] = ()
+    """Extra flags of a field: ``(flag, field, type, help)``."""
+
+    @property
+    def config_class(self) -> type:
+        """The Config class ``config`` names."""
+        module, _, name = self.config.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+def _run_survival(config: Any) -> Any:
+    from cgc_lens.studies.survival import run_survival
+
+    return run_survival(config)
+
+
+def _run_capability(config: Any) -> Any:
+    from cgc_lens.studies.capability import run_capability
+
+    return run_capability(config)
+
+
+def _run_adaptive(config: Any) -> Any:
+    import torch
+
+    from cgc_lens.studies.adaptive import run_adaptive
+
+    torch.manual_seed(config.train.seed)
+    return run_adaptive(config)
+
+
+def format_table(result: Any) -> str:
+    """Table 1 of a survival result as aligned text (what ``cgc-lens survival`` prints)."""
+    from cgc_lens.studies.survival.result import TABLE1_COLUMNS
+
+    table = result.to_frame()[list(TABLE1_COLUMNS)]
+    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
+
+
+def _report_survival(result: Any, out: Path) -> None:
+    lines = [format_table(result), ""]
+    if result.stability.null is not None:
+        n = result.stability.null
+        lines.append(f"null check: {'passed' if n.passed else 'FAILED'} (mean r {n.mean_corr:.6f})")
+    if result.fragility is not None:
+        f = result.fragility
+        lines.append(f"fragility ({f.condition}): {f.cv_auc:.3f} CV AUC over {f.n_features} "
+                     "features")
+    lines.append(f"results: {out / 'results.json'}, {out / 'tables' / 'features.csv'}, "
+                 f"{out / 'report.html'}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def _report_capability(result: Any, out: Path) -> None:
+    logger, config = logging.getLogger("cgc_lens.studies.capability.run"), result.config
+    logger.info("Table 1 (%s, retention %g):\n%s", config.model, config.retention,
+                result.table().to_string(float_format=lambda v: f"{v:.4g}"))
+    logger.info("results written to %s", out)
+
+
+def _report_adaptive(result: Any, out: Path) -> None:
+    logger = logging.getLogger("cgc_lens.studies.adaptive.run")
+    columns = ["site", "method", "explained_variance", "latent_contribution", "mse", "l0",
+               "dead_fraction", "kl", "ce_loss_recovered"]
+    logger.info("quality (eval split):\n%s", result.metrics[columns].to_string(index=False))
+    if not result.probing.empty:
+        logger.info("sparse probing (mean over tasks):\n%s",
+                    result.probing_summary().to_string(index=False))
+    for method, sites in result.collapsed.items():
+        for site, names in sites.items():
+            logger.log(logging.WARNING if names else logging.INFO, "%s %s: %s", method, site,
+                       f"COLLAPSED ({', '.join(names)})" if names else "no collapse")
+    logger.info("results in %s", out)
+
+
+STUDIES: dict[str, StudyCommand] = {
+    "survival": StudyCommand(
+        help="feature-survival audit of a frozen SAE under compression",
+        config="cgc_lens.studies.survival.config:SurvivalConfig", run=_run_survival,
+        report=_report_survival, skip=("plans",), out_help="results folder",
+        config_help="JSON config (path, or a packaged name such as survival_pythia70m); "
+                    "options given on the command line override it"),
+    "cgc": StudyCommand(
+        help="capability-guided compression: density, Wanda, ablation, allocations",
+        config="cgc_lens.studies.capability.config:CapabilityConfig", run=_run_capability,
+        report=_report_capability, layout=("out", "config", "aliases", "fields"),
+        skip=("density", "evo"), out_help="results folder to write",
+        config_help="JSON CapabilityConfig: a path or a shipped config's name "
+                    "(cgc_gpt2_medium); options given on the command line override it",
+        aliases=(("--tokens", "calibration_tokens", int, "alias of --calibration-tokens"),)),
+    "adaptive": StudyCommand(
+        help="AdaptiveCompress residual compressor beside a TopK SAE",
+        config="cgc_lens.studies.adaptive.config:AdaptiveStudyConfig", run=_run_adaptive,
+        report=_report_adaptive, nested=("compressor", "train", "probing", "thresholds"),
+        out_help="results folder (results.json, tables, figures, report.html)",
+        config_help="JSON AdaptiveStudyConfig: a path or a shipped config's name; options "
+                    "given on the command line override it"),
 }
+"""The study commands: one row each, one code path for all (:func:`add_study_arguments`,
+:func:`run_study`)."""
 
 
-def _study(module_name: str) -> tuple[Callable[..., None], Callable[..., int]]:
-    def add_args(parser: argparse.ArgumentParser) -> None:
-        importlib.import_module(module_name).cli_arguments(parser)
+def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Options of ``cgc-lens NAME``: one per config field (and per nested config's field),
+    ``--config`` and ``--out``, in the study's layout."""
+    cmd = STUDIES[name]
+    for part in cmd.layout:
+        if part == "fields":
+            cls = cmd.config_class
+            add_config_arguments(parser, cls, skip=cmd.skip + cmd.nested)
+            for field_name in cmd.nested:
+                add_config_arguments(parser, type(getattr(cls(), field_name)))
+        elif part == "config":
+            parser.add_argument("--config", default=None, help=cmd.config_help)
+        elif part == "out":
+            parser.add_argument("--out", type=Path, required=True, help=cmd.out_help)
+        else:
+            for flag, dest, kind, help_text in cmd.aliases:
+                parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS,
+                                    help=help_text)
 
-    def run(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(module_name).cli_main(args))
 
-    return add_args, run
+def study_config(name: str, args: argparse.Namespace) -> Any:
+    """The config of a ``cgc-lens NAME`` command line: ``--config`` (or the defaults), then
+    every option given on the command line over it."""
+    cmd = STUDIES[name]
+    return config_from_command_line(cmd.config_class, args, nested=cmd.nested)
 
 
-for _name, (_module, _help) in _STUDIES.items():
-    _command(_name, _help)(_study(_module))
+def run_study(name: str, args: argparse.Namespace) -> int:
+    """``cgc-lens NAME``: build the config, run the study, save it to ``--out``, report."""
+    cmd = STUDIES[name]
+    result = cmd.run(study_config(name, args))
+    cmd.report(result, result.save(args.out))
+    return 0
+
+
+for _name, _cmd in STUDIES.items():
+    _command(_name, _cmd.help)((partial(add_study_arguments, name=_name),
+                                partial(run_study, _name)))
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
@@ -142,11 +294,10 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 def _demo(args: argparse.Namespace) -> int:
     """The main job on cgc-tiny: both studies with their defaults, one folder each."""
     for name in ("survival", "cgc"):
-        add_args, run = _study(_STUDIES[name][0])
         parser = argparse.ArgumentParser(prog=f"cgc-lens {name}")
-        add_args(parser)
+        add_study_arguments(parser, name)
         print(f"\n=== cgc-lens {name} --out {args.out / name} ===", flush=True)
-        status = run(parser.parse_args(["--out", str(args.out / name)]))
+        status = run_study(name, parser.parse_args(["--out", str(args.out / name)]))
         if status:
             return status
     print(f"\nResults: {args.out}/survival/report.html and {args.out}/cgc/report.html")

@@ -1,5 +1,12 @@
 """Pure analyses: arrays in, dataclasses or arrays out. Nothing here touches a model."""
 
+from cgc_lens.analysis.allocation import (
+    Allocation,
+    cgc_l,
+    density_ceilings,
+    inverted,
+    uniform,
+)
 from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
@@ -9,6 +16,14 @@ from cgc_lens.analysis.density import (
     feature_breadth,
     feature_entropy,
     jaccard_packed,
+)
+from cgc_lens.analysis.evolution import (
+    EvoConfig,
+    SearchResult,
+    StartsResult,
+    cgc_f,
+    cgc_f_from_starts,
+    snap_to_levels,
 )
 from cgc_lens.analysis.fragility import (
     PREDICTORS,
@@ -34,30 +49,35 @@ from cgc_lens.analysis.accumulators import (
     ZeroVariance,
     merge_all,
 )
+from cgc_lens.analysis.stability import (
+    NullCheck,
+    budget_sensitivity,
+    null_check,
+    subset_stability,
+    threshold_grid,
+)
 from cgc_lens.analysis.survival import (
     ConditionSummary,
-    NullCheck,
     Outcome,
     OverlapResult,
     SurvivalThresholds,
     active_features,
-    budget_sensitivity,
     classify,
     decile_table,
+    destruction,
     feature_table,
-    null_check,
     overlap,
-    subset_stability,
     summarize_condition,
     summary_table,
-    threshold_grid,
 )
 
 __all__ = [
     "PREDICTORS",
+    "Allocation",
     "ConditionSummary",
     "DensityConfig",
     "DensityResult",
+    "EvoConfig",
     "FeatureAccumulator",
     "FeatureStats",
     "FragilityFeatureConfig",
@@ -71,18 +91,26 @@ __all__ = [
     "ReferenceAccumulator",
     "ReferenceStats",
     "RocCurve",
+    "SearchResult",
+    "StartsResult",
     "SurvivalThresholds",
     "ZeroVariance",
     "active_features",
     "budget_sensitivity",
     "capability_density",
+    "cgc_f",
+    "cgc_f_from_starts",
+    "cgc_l",
     "classify",
     "decile_table",
+    "density_ceilings",
+    "destruction",
     "feature_breadth",
     "feature_entropy",
     "feature_table",
     "fragility_dataset",
     "fragility_features",
+    "inverted",
     "jaccard_packed",
     "magnitude_head_importance",
     "marginal_aucs",
@@ -92,10 +120,12 @@ __all__ = [
     "phase_transition_point",
     "phase_transition_points",
     "rank_correlation",
+    "snap_to_levels",
     "subset_stability",
     "summarize_condition",
     "summary_table",
     "survival_by_quartile",
     "threshold_grid",
+    "uniform",
     "wanda_head_importance",
 ]

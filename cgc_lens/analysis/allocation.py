@@ -10,23 +10,19 @@ pruning), spent so that Σ_c ξ_c |θ_c| = ρ |θ|. Readings (docs/methods_capab
   budget they cut is water-filled back: λ rises until Σ_c clip(λ δ_c, floor, ceiling_c)|θ_c| = ρ|θ|,
   so unclipped heads stay proportional to density. Budgets the ceilings cannot hold raise.
 - **Inverted** runs CGC-L on the mirrored map δ' = max δ + min δ − δ (ranks reversed, same range).
-- **CGC-F** (:func:`cgc_f`) is EvoPress's (1 + λ) evolutionary search with multi-stage selection,
-  on a uniform grid of retention levels, with budget-neutral level switches under the ceilings.
-
-This module holds both the closed forms and the search (about 500 lines) because they share the
-:class:`Allocation` contract and the ceiling/grid checks; splitting would scatter one concept.
+- **CGC-F** (:func:`cgc_lens.analysis.evolution.cgc_f`) is EvoPress's (1 + λ) evolutionary
+  search with multi-stage selection, on a uniform grid of retention levels, with budget-neutral
+  level switches under the ceilings. It lives in :mod:`cgc_lens.analysis.evolution`; its names
+  still resolve from this module (module ``__getattr__``), for code that imports them from here.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from jaxtyping import Float, Real
-from tqdm.auto import tqdm
 
 from cgc_lens.analysis.density import DensityResult
 from cgc_lens.errors import CgcLensError
@@ -34,19 +30,14 @@ from cgc_lens.sites import Head
 
 __all__ = [
     "Allocation",
-    "EvoConfig",
-    "SearchResult",
-    "cgc_f",
     "cgc_l",
     "density_ceilings",
     "inverted",
-    "snap_to_levels",
     "uniform",
 ]
 
-logger = logging.getLogger(__name__)
-
 _TOL = 1e-9
+_MOVED = frozenset({"EvoConfig", "Fitness", "SearchResult", "cgc_f", "snap_to_levels"})
 
 
 def _frozen(x: np.ndarray) -> np.ndarray:
@@ -291,255 +282,10 @@ def inverted(
     return cgc_l(d.max() + d.min() - d, sizes, rho, **ceilings, method="inverted")
 
 
-# ---------------------------------------------------------------------------------------------
-# CGC-F: EvoPress-style search on a grid of retention levels (§4.3 stage 2)
-# ---------------------------------------------------------------------------------------------
+def __getattr__(name: str) -> object:
+    """The CGC-F names, moved to :mod:`cgc_lens.analysis.evolution`, still resolve here."""
+    if name in _MOVED:
+        from cgc_lens.analysis import evolution  # imported on use: evolution imports this module
 
-Fitness = Callable[[dict[Head, float], int], float]
-"""``fitness(retention_map, n_tokens) -> float``; lower is better (e.g. KL(dense ‖ compressed))."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvoConfig:
-    """Settings of the CGC-F search (EvoPress, Sieberling et al. 2024, with ceilings)."""
-
-    generations: int = 50
-    """Number of generations."""
-    offspring: int = 16
-    """λ, offspring per generation (distinct from each other and from the parent)."""
-    survivors_per_stage: tuple[int, ...] = (4, 1)
-    """Candidates kept after each selection stage; the last must be 1."""
-    tokens_per_stage: tuple[int, ...] = (2048, 8192)
-    """Calibration tokens the fitness uses at each stage; non-decreasing."""
-    level_step: float = 0.05
-    """Spacing of the retention grid 0, step, …, 1; ``1 / level_step`` must be an integer."""
-    max_switches: int = 3
-    """An offspring makes min(U{1..m}, U{1..m}) level switches (biased to 1, as EvoPress)."""
-    elitism: bool = True
-    """The parent joins the last stage, so the best fitness never gets worse."""
-    seed: int = 0
-    """Seed of the mutations."""
-    progress: bool = True
-    """Show a tqdm bar over generations."""
-
-    def __post_init__(self) -> None:
-        surv, toks = self.survivors_per_stage, self.tokens_per_stage
-        if self.generations < 0 or self.offspring < 1 or self.max_switches < 1:
-            raise CgcLensError(
-                "Need generations >= 0, offspring >= 1 and max_switches >= 1; got "
-                f"{self.generations}, {self.offspring}, {self.max_switches}."
-            )
-        if not surv or len(surv) != len(toks) or surv[-1] != 1:
-            raise CgcLensError(
-                "survivors_per_stage and tokens_per_stage need one entry per stage and the last "
-                f"stage keeps 1 survivor; got {surv} and {toks}."
-            )
-        if min(surv) < 1 or list(surv) != sorted(surv, reverse=True):
-            raise CgcLensError(f"survivors_per_stage must be >= 1 and non-increasing, got {surv}.")
-        if min(toks) < 1 or list(toks) != sorted(toks):
-            raise CgcLensError(f"tokens_per_stage must be >= 1 and non-decreasing, got {toks}.")
-        n = 1.0 / self.level_step if self.level_step > 0 else 0.0
-        if not 0 < self.level_step <= 1 or abs(n - round(n)) > 1e-9:
-            raise CgcLensError(
-                f"level_step must divide 1 evenly (0.05, 0.1, 0.25 …), got {self.level_step!r}."
-            )
-
-    @property
-    def n_levels(self) -> int:
-        """Grid steps between retention 0 and 1."""
-        return round(1.0 / self.level_step)
-
-
-@dataclass(frozen=True, kw_only=True, eq=False)
-class SearchResult:
-    """What :func:`cgc_f` found, and how the fitness went."""
-
-    allocation: Allocation
-    """The best allocation (method ``cgc_f``)."""
-    start: Allocation
-    """The start allocation snapped to the grid (generation 0)."""
-    history: Float[np.ndarray, " n_points"]
-    """Fitness of the parent at the last stage's token count: start, then each generation."""
-    n_evaluations: int
-    """Calls made to the fitness."""
-    config: EvoConfig = field(default_factory=EvoConfig)
-    """The settings used."""
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per generation (0 = start): best fitness."""
-        return pd.DataFrame({"generation": np.arange(len(self.history)), "fitness": self.history})
-
-
-def _grid_bounds(
-    alloc: Allocation, n_levels: int, floor: float
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-head level bounds and the level budget K = ρ N n_levels (checked to be an integer)."""
-    s = alloc.sizes
-    if not np.all(s == s.flat[0]):
-        raise CgcLensError(
-            "CGC-F's one-up-one-down level switch keeps the budget only when every head has the "
-            f"same size; got sizes in [{s.min()}, {s.max()}]."
-        )
-    ceil = alloc.ceilings if alloc.ceilings is not None else np.ones(s.shape)
-    kmax = np.floor(ceil.ravel() * n_levels + 1e-9).astype(np.int64)
-    kmin = np.minimum(np.ceil(floor * n_levels - 1e-9), kmax).astype(np.int64)
-    k_budget = alloc.rho * s.size * n_levels
-    if abs(k_budget - round(k_budget)) > 1e-6:
-        unit = 1.0 / (s.size * n_levels)
-        lo, hi = np.floor(k_budget) * unit, np.ceil(k_budget) * unit
-        raise CgcLensError(
-            f"rho={alloc.rho} is not reachable on a grid of step 1/{n_levels} over {s.size} heads; "
-            f"the nearest budgets on the grid are {lo:.6g} and {hi:.6g}."
-        )
-    k_budget = round(k_budget)
-    if not kmin.sum() <= k_budget <= kmax.sum():
-        raise CgcLensError(
-            f"Infeasible on the grid: the ceilings and floor allow a global retention in "
-            f"[{kmin.sum() / kmin.size / n_levels:.6g}, {kmax.sum() / kmax.size / n_levels:.6g}]"
-            f", but rho={alloc.rho} was asked."
-        )
-    return kmin, kmax, k_budget
-
-
-def _snap(x: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, k_budget: int) -> np.ndarray:
-    """Largest-remainder rounding of ``x`` (in level units) to integers with Σ = k_budget."""
-    k = np.clip(np.floor(x + 1e-9), kmin, kmax).astype(np.int64)
-    frac = x - k
-    while (gap := k_budget - int(k.sum())) != 0:
-        up = gap > 0
-        elig = np.flatnonzero(k < kmax if up else k > kmin)
-        if elig.size == 0:  # unreachable after _grid_bounds' check; kept as a guard
-            raise CgcLensError("Cannot snap the allocation to the grid within the ceilings.")
-        pick = elig[np.argsort(-frac[elig] if up else frac[elig], kind="stable")][: abs(gap)]
-        k[pick] += 1 if up else -1
-        frac[pick] -= 1 if up else -1
-    return k
-
-
-def snap_to_levels(
-    allocation: Allocation, *, level_step: float = 0.05, floor: float = 0.0
-) -> Allocation:
-    """Round an allocation onto the grid 0, step, …, 1 keeping its budget exactly (equal sizes).
-
-    Example:
-        >>> a = snap_to_levels(cgc_l(np.array([[0.3, 0.5, 0.7, 0.9]]), rho=0.5), level_step=0.1)
-        >>> a.retention.tolist(), round(a.global_retention, 12)
-        ([[0.3, 0.4, 0.6, 0.7]], 0.5)
-    """
-    n_levels = EvoConfig(level_step=level_step, progress=False).n_levels
-    kmin, kmax, k_budget = _grid_bounds(allocation, n_levels, floor)
-    k = _snap(allocation.retention.ravel() * n_levels, kmin, kmax, k_budget)
-    return _from_levels(k, allocation, n_levels, allocation.method)
-
-
-def _from_levels(k: np.ndarray, like: Allocation, n_levels: int, method: str) -> Allocation:
-    return Allocation(
-        retention=(k / n_levels).reshape(like.sizes.shape),
-        sizes=like.sizes,
-        rho=like.rho,
-        method=method,
-        ceilings=like.ceilings,
-    )
-
-
-def _mutate(
-    parent: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, rng: np.random.Generator, m: int
-) -> np.ndarray:
-    """EvoPress's level switch: one head up a level and another down, n times; never past a
-    ceiling (ineligible heads are never drawn, which equals rejecting such mutations)."""
-    child = parent.copy()
-    for _ in range(min(int(rng.integers(1, m + 1)), int(rng.integers(1, m + 1)))):
-        up = np.flatnonzero(child < kmax)
-        if up.size == 0:
-            break
-        i = int(rng.choice(up))
-        down = np.flatnonzero(child > kmin)
-        down = down[down != i]
-        if down.size == 0:
-            break
-        child[i] += 1
-        child[int(rng.choice(down))] -= 1
-    return child
-
-
-def cgc_f(
-    start: Allocation,
-    fitness: Fitness,
-    config: EvoConfig | None = None,
-    *,
-    floor: float = 0.0,
-) -> SearchResult:
-    """CGC-F: evolutionary refinement of ``start`` under its ceilings, budget kept exactly.
-
-    ``start`` (usually :func:`cgc_l`) is snapped to the level grid; each generation makes
-    ``offspring`` distinct children by level switches, keeps the best ``survivors_per_stage[i]``
-    on ``tokens_per_stage[i]`` tokens stage by stage (the parent joining the last stage when
-    ``elitism``), and the single survivor becomes the parent. Masks live in memory only.
-
-    Args:
-        start: allocation to refine; all heads must have the same size.
-        fitness: ``fitness({Head: retention}, n_tokens) -> float``, lower is better.
-        config: search settings.
-        floor: lowest retention any head may get.
-
-    Example:
-        >>> target = np.array([[0.2, 0.8, 0.4, 0.6]])
-        >>> def fit(ret, n_tokens):
-        ...     return sum((ret[Head(0, h)] - target[0, h]) ** 2 for h in range(4))
-        >>> cfg = EvoConfig(generations=30, offspring=4, level_step=0.1, progress=False)
-        >>> res = cgc_f(uniform((1, 4), 0.5), fit, cfg)
-        >>> res.allocation.retention.tolist(), float(res.history[-1])
-        ([[0.2, 0.8, 0.4, 0.6]], 0.0)
-    """
-    cfg = config or EvoConfig()
-    n_levels = cfg.n_levels
-    kmin, kmax, k_budget = _grid_bounds(start, n_levels, floor)
-    parent = _snap(start.retention.ravel() * n_levels, kmin, kmax, k_budget)
-    start_alloc = _from_levels(parent, start, n_levels, start.method)
-    n_eval = 0
-
-    def evaluate(k: np.ndarray, n_tokens: int) -> float:
-        nonlocal n_eval
-        n_eval += 1
-        value = float(fitness(_from_levels(k, start, n_levels, "cgc_f").by_head(), n_tokens))
-        if not np.isfinite(value):
-            raise CgcLensError(
-                f"fitness returned {value} for {n_tokens} tokens; need a finite float."
-            )
-        return value
-
-    rng = np.random.default_rng(cfg.seed)
-    parent_fit = evaluate(parent, cfg.tokens_per_stage[-1])
-    history = [parent_fit]
-    bar = tqdm(range(cfg.generations), desc="CGC-F", disable=not cfg.progress, leave=False)
-    for _ in bar:
-        seen, kids = {parent.tobytes()}, []
-        for _attempt in range(50 * cfg.offspring):
-            if len(kids) == cfg.offspring:
-                break
-            child = _mutate(parent, kmin, kmax, rng, cfg.max_switches)
-            if child.tobytes() not in seen:
-                seen.add(child.tobytes())
-                kids.append(child)
-        cands = kids
-        fits: list[float] = []
-        for stage, (n_keep, n_tokens) in enumerate(
-            zip(cfg.survivors_per_stage, cfg.tokens_per_stage, strict=True)
-        ):
-            if stage == len(cfg.survivors_per_stage) - 1 and cfg.elitism:
-                cands = [*cands, parent]
-            fits = [evaluate(c, n_tokens) for c in cands]
-            order = np.argsort(fits, kind="stable")[:n_keep]
-            cands, fits = [cands[i] for i in order], [fits[i] for i in order]
-        if cands:
-            parent, parent_fit = cands[0], fits[0]
-        history.append(parent_fit)
-        bar.set_postfix(fitness=f"{parent_fit:.4g}")
-    logger.info("CGC-F: fitness %.6g -> %.6g in %d evaluations.", history[0], history[-1], n_eval)
-    return SearchResult(
-        allocation=_from_levels(parent, start, n_levels, "cgc_f"),
-        start=start_alloc,
-        history=np.asarray(history, dtype=np.float64),
-        n_evaluations=n_eval,
-        config=cfg,
-    )
+        return getattr(evolution, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

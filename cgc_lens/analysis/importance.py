@@ -12,6 +12,7 @@ Use unprocessed weights (``HookedTransformer.from_pretrained_no_processing`` or
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from cgc_lens.errors import CgcLensError
 
 __all__ = [
     "RankCorrelation",
+    "finite_rank_correlation",
     "magnitude_head_importance",
     "rank_correlation",
     "wanda_head_importance",
@@ -182,3 +184,24 @@ def rank_correlation(
         layer_rho=layer[0],
         layer_p=layer[1],
     )
+
+
+def finite_rank_correlation(x: _Array, y: _Array) -> RankCorrelation:
+    """:func:`rank_correlation` of two signals of any shape over the pairs where both are finite.
+
+    The signals are flattened (one "layer", so no within-layer ρ). With fewer than 3 finite
+    pairs every statistic is NaN; ``n`` counts the pairs used.
+
+    Example:
+        >>> r = finite_rank_correlation(np.array([0.1, np.nan, 0.3, 0.4]), np.arange(4.0))
+        >>> r.rho, r.n
+        (1.0, 3)
+    """
+    xa, ya = np.asarray(x, float).ravel(), np.asarray(y, float).ravel()
+    ok = np.isfinite(xa) & np.isfinite(ya)
+    n = int(ok.sum())
+    if n < 3:
+        nan = np.full(1, np.nan)
+        return RankCorrelation(rho=math.nan, p_value=math.nan, n=n, pearson_r=math.nan,
+                               pearson_p=math.nan, layer_rho=nan, layer_p=nan.copy())
+    return rank_correlation(xa[ok][None], ya[ok][None], within_layers=False)

@@ -114,18 +114,28 @@ def phase_transition_points(
     *,
     method: Literal["kneedle", "curvature"] = "kneedle",
     min_score: float = 0.0,
+    nonfinite: Literal["raise", "nan"] = "raise",
 ) -> Float[np.ndarray, " n_curves"]:
     """:func:`phase_transition_point` of many curves sampled on the same ``x`` (NaN: no knee).
+
+    ``nonfinite="nan"`` gives a curve holding NaN or inf a NaN point instead of raising (a curve
+    that could not be measured everywhere has no knee to report).
 
     Example:
         >>> s = np.linspace(0.0, 0.9, 10)
         >>> ys = np.stack([np.maximum(0, s - t) * 10 for t in (0.3, 0.6)])
         >>> phase_transition_points(s, ys).round(2).tolist()
         [0.3, 0.6]
+        >>> phase_transition_points(s, ys * [[1.0], [np.nan]], nonfinite="nan").round(2).tolist()
+        [0.3, nan]
     """
     ya = np.asarray(ys, np.float64)
     if ya.ndim != 2:
         raise CgcLensError(f"ys must be [n_curves, n_points], got shape {ya.shape}.")
-    return np.array(
-        [phase_transition_point(x, row, method=method, min_score=min_score).x for row in ya]
-    )
+    if nonfinite not in ("raise", "nan"):
+        raise CgcLensError(f"nonfinite must be 'raise' or 'nan', got {nonfinite!r}.")
+    return np.array([
+        float("nan") if nonfinite == "nan" and not np.isfinite(row).all()
+        else phase_transition_point(x, row, method=method, min_score=min_score).x
+        for row in ya
+    ])  # fmt: skip

@@ -1,12 +1,12 @@
-"""Command-line arguments from frozen config dataclasses: each field's docstring becomes its help.
+"""Study configs as JSON: one ``from_dict`` / ``to_dict`` rule for every config dataclass, the
+shipped configs by name, and the docstring written under each field.
 
-STYLE rule 14: the CLI parses into the same config dataclasses the library uses, so a study run
-from the shell and one run from Python are configured by one definition.
+STYLE rule 14: the CLI (:mod:`cgc_lens.cli_options`), the JSON configs and the Python API all
+use the same frozen config dataclasses, so a study is configured by one definition.
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import difflib
@@ -16,14 +16,15 @@ import json
 import textwrap
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 from cgc_lens.errors import CgcLensError
 
 __all__ = [
-    "CONFIG_DIR", "add_config_arguments", "config_from_arguments", "field_docs", "read_config",
-    "resolve_config_path",
+    "CONFIG_DIR", "config_from_dict", "config_to_dict", "field_docs", "read_config",
+    "resolve_config_path", "unwrap_optional",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -60,7 +61,13 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _strip_optional(tp: Any) -> Any:
+def unwrap_optional(tp: Any) -> Any:
+    """``X`` for ``X | None`` (``Optional[X]``); any other type unchanged.
+
+    Example:
+        >>> unwrap_optional(int | None), unwrap_optional(int | str | None) == (int | str | None)
+        (<class 'int'>, True)
+    """
     if get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -68,50 +75,75 @@ def _strip_optional(tp: Any) -> Any:
     return tp
 
 
-def add_config_arguments(
-    parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()
-) -> None:
-    """Add one ``--field-name`` option per dataclass field (bool → flag pair, tuple → nargs)."""
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
-            continue
-        tp = _strip_optional(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        # argparse %-formats help strings (for %(default)s): a literal '%' in a docstring
-        # ("1% of tokens") or a default would make --help raise, so it is doubled.
-        help_text = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if tp is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif get_origin(tp) is Literal:
-            parser.add_argument(flag, choices=list(get_args(tp)), **kw)
-        elif get_origin(tp) in (tuple, list):
-            inner = _strip_optional(get_args(tp)[0]) if get_args(tp) else str
-            parser.add_argument(flag, nargs="*", type=inner if inner in (int, float) else str, **kw)
-        elif tp in (int, float, str):
-            parser.add_argument(flag, type=tp, **kw)
-        else:
-            parser.add_argument(flag, type=str, **kw)
+def _from_json_value(tp: Any, value: Any) -> Any:
+    """``value`` (a JSON value) as a field of type ``tp``: a type with a ``from_dict``
+    classmethod or a nested config dataclass from its dict, lists as tuples for tuple fields."""
+    tp = unwrap_optional(tp)
+    if isinstance(value, Mapping) and isinstance(tp, type):
+        if callable(getattr(tp, "from_dict", None)):
+            return tp.from_dict(value)
+        if dataclasses.is_dataclass(tp):
+            return config_from_dict(tp, value)
+    if isinstance(value, list) and get_origin(tp) is tuple:
+        args = [a for a in get_args(tp) if a is not Ellipsis]
+        return tuple(_from_json_value(args[0] if args else Any, v) for v in value)
+    return value
 
 
-def config_from_arguments(cls: type[C], namespace: argparse.Namespace, **overrides: Any) -> C:
-    """Build ``cls`` from the options that were given on the command line (others keep defaults)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: v for k, v in vars(namespace).items() if k in names}
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Build the config dataclass ``cls`` from its JSON form (:func:`config_to_dict`).
+
+    Nested config dataclasses are built from their dicts (a field type with a ``from_dict``
+    classmethod through it), JSON lists become tuples for tuple-typed fields, a ``_comment`` key
+    is ignored, and unknown keys raise with the closest valid names. Missing keys keep their
+    defaults.
+
+    Example:
+        >>> from cgc_lens.analysis.evolution import EvoConfig
+        >>> config_from_dict(EvoConfig, {"tokens_per_stage": [16, 64]}).tokens_per_stage
+        (16, 64)
+        >>> try:
+        ...     config_from_dict(EvoConfig, {"generatons": 3})
+        ... except CgcLensError as err:
+        ...     print(str(err).split(";")[0])
+        Unknown EvoConfig fields ['generatons'] (closest: ['generations'])
+    """
+    if not isinstance(data, Mapping):
+        raise CgcLensError(f"A {cls.__name__} is a JSON object, got {type(data).__name__}.")
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in data if k not in names and k != "_comment")
+    if unknown:
+        close = sorted({m for k in unknown for m in difflib.get_close_matches(k, names, n=3)})
+        hint = f" (closest: {close})" if close else ""
+        raise CgcLensError(f"Unknown {cls.__name__} fields {unknown}{hint}; valid: "
+                           f"{sorted(names)}.")
     hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        if get_origin(_strip_optional(hints[key])) is tuple and isinstance(value, list):
-            values[key] = tuple(value)
-    values.update(overrides)
-    try:
-        return cls(**values)
-    except TypeError as exc:  # a missing required field
-        raise CgcLensError(f"Cannot build {cls.__name__} from the command line: {exc}") from exc
+    values = {k: _from_json_value(hints[k], v) for k, v in data.items() if k in names}
+    return cls(**values)
+
+
+def _to_json_value(value: Any) -> Any:
+    if callable(getattr(value, "to_dict", None)) and not isinstance(value, type):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return config_to_dict(value)
+    if isinstance(value, (tuple, list)):
+        return [_to_json_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _to_json_value(v) for k, v in value.items()}
+    return value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The JSON form of a config dataclass, every field in order: nested configs as dicts (an
+    object with ``to_dict`` through it), tuples as lists. :func:`config_from_dict` inverts it.
+
+    Example:
+        >>> from cgc_lens.analysis.evolution import EvoConfig
+        >>> config_to_dict(EvoConfig())["survivors_per_stage"]
+        [4, 1]
+    """
+    return {f.name: _to_json_value(getattr(config, f.name)) for f in dataclasses.fields(config)}
 
 
 def resolve_config_path(path: str | Path, prefix: str = "") -> Path:

@@ -10,13 +10,8 @@ import json
 import pytest
 import torch
 
-from cgc_lens.studies.survival.run import (
-    SurvivalConfig,
-    SurvivalResult,
-    cli_arguments,
-    cli_main,
-    run_survival,
-)
+from cgc_lens.cli import add_study_arguments, run_study
+from cgc_lens.studies.survival import SurvivalConfig, SurvivalResult, run_survival
 
 SMALL = dict(tokens=8192, eval_tokens=4096, match_tokens=2048, progress=False)
 
@@ -70,10 +65,10 @@ def test_results_folder_complete(audit, tmp_path):
 
 def test_cli_runs(tmp_path, capsys):
     parser = argparse.ArgumentParser()
-    cli_arguments(parser)
+    add_study_arguments(parser, "survival")
     args = parser.parse_args(["--bits", "8", "4", "--match-pruning", "none", "--tokens", "4096",
                               "--eval-tokens", "2048", "--no-progress", "--out", str(tmp_path)])
-    assert cli_main(args) == 0
+    assert run_study("survival", args) == 0
     printed = capsys.readouterr().out
     assert "RTN INT8" in printed and "survived_pct" in printed and "null check: passed" in printed
     doc = json.loads((tmp_path / "results.json").read_text())

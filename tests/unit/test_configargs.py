@@ -1,4 +1,4 @@
-"""CLI options from frozen config dataclasses (cgc_lens.io.configs)."""
+"""CLI options from frozen config dataclasses (cgc_lens.cli_options)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Literal
 
 import pytest
 
-from cgc_lens.io.configs import add_config_arguments, config_from_arguments, field_docs
+from cgc_lens.cli_options import add_config_arguments, config_from_arguments
+from cgc_lens.io.configs import field_docs
 from cgc_lens.errors import CgcLensError
 
 

@@ -23,13 +23,8 @@ from cgc_lens.adaptive import (
 from cgc_lens.adaptive.data import StudyData
 from cgc_lens.adaptive.evaluate import LabelledTokens, evaluate_methods, pooled_features
 from cgc_lens.studies.adaptive import run as study
-from cgc_lens.studies.adaptive.run import (
-    AdaptiveResult,
-    AdaptiveStudyConfig,
-    cli_arguments,
-    cli_main,
-    run_adaptive,
-)
+from cgc_lens.cli import add_study_arguments, run_study
+from cgc_lens.studies.adaptive import AdaptiveResult, AdaptiveStudyConfig, run_adaptive
 from cgc_lens.plots.adaptive import plot_probing, plot_quality_comparison
 from cgc_lens.saes import SAEQuality
 from cgc_lens.forward.streaming import collect_activations
@@ -166,13 +161,13 @@ def test_pooled_features_average_valid_positions_only(tiny_model):
 
 def test_cli_parses_into_the_configs_and_writes_results(tiny_model, data, tmp_path, monkeypatch):
     parser = argparse.ArgumentParser()
-    cli_arguments(parser)
+    add_study_arguments(parser, "adaptive")
     args = parser.parse_args(["--layers", "1", "--steps", "4", "--batch-size", "8",
                               "--l1-coef", "0.5", "--no-progress", "--ks", "1", "2",
                               "--max-dead-fraction", "0.9", "--out", str(tmp_path / "o")])
     monkeypatch.setattr("cgc_lens.models.load_model", lambda name, device=None: tiny_model)
     monkeypatch.setattr(study, "study_data", lambda model, **kw: data)
-    assert cli_main(args) == 0
+    assert run_study("adaptive", args) == 0
     back = AdaptiveResult.load(tmp_path / "o")
     cfg = back.config
     assert cfg.model == "cgc-tiny" and cfg.layers == (1,) and cfg.train.steps == 4

@@ -14,11 +14,8 @@ from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.io.configs import CONFIG_DIR
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.studies.capability.config import (
-    CapabilityConfig,
-    cli_arguments,
-    run_capability,
-)
+from cgc_lens.cli import add_study_arguments
+from cgc_lens.studies.capability import CapabilityConfig, run_capability
 from cgc_lens.studies.capability.result import METHODS, CapabilityResult
 from cgc_lens.forward.metrics import perplexity
 from conftest import make_tiny_model
@@ -155,7 +152,7 @@ def test_config_validation_json_and_cli(tmp_path):
         CapabilityConfig.from_json(tmp_path / "cgc_gpt2_medium.json")
     assert CapabilityConfig.from_dict(CONFIG.to_dict()) == CONFIG
     parser = argparse.ArgumentParser()
-    cli_arguments(parser)
+    add_study_arguments(parser, "cgc")
     args = parser.parse_args(["--out", str(tmp_path), "--retention", "0.4", "--tokens", "4096",
                               "--seed", "3", "--no-cgc-f", "--probes", "induction"])
     assert (args.retention, args.calibration_tokens, args.seed, args.cgc_f, args.probes) == (

@@ -29,13 +29,8 @@ from sklearn.preprocessing import StandardScaler
 from cgc_lens import CgcLensError
 from cgc_lens.analysis import fragility_dataset
 from cgc_lens.compress import RTN, compressed
-from cgc_lens.studies.survival.run import (
-    SurvivalConfig,
-    SurvivalResult,
-    cli_arguments,
-    cli_config,
-    run_survival,
-)
+from cgc_lens.cli import add_study_arguments, study_config
+from cgc_lens.studies.survival import SurvivalConfig, SurvivalResult, run_survival
 from cgc_lens.saes import attached, validate_sae
 from conftest import make_tiny_model
 
@@ -263,15 +258,15 @@ def test_tokens_drawn_from_a_local_corpus(tmp_path):
 
 def test_cli_options_build_the_config(tmp_path):
     parser = argparse.ArgumentParser()
-    cli_arguments(parser)
+    add_study_arguments(parser, "survival")
     args = parser.parse_args(["--bits", "8", "4", "--match-pruning", "4", "--tokens", "2048",
                               "--seed", "3", "--no-null", "--out", str(tmp_path)])
-    config = cli_config(args)
+    config = study_config("survival", args)
     assert config.bits == (8, 4) and config.match_pruning == 4 and config.tokens == 2048
     assert config.seed == 3 and not config.null and config.model == "cgc-tiny"
     args = parser.parse_args(["--config", "survival_pythia70m", "--tokens", "1024",
                               "--match-pruning", "none", "--out", str(tmp_path)])
-    config = cli_config(args)
+    config = study_config("survival", args)
     assert config.model == "pythia-70m-deduped" and config.tokens == 1024
     assert config.match_pruning is None and config.block_len == 512
 

@@ -10,21 +10,23 @@ import torch
 
 from cgc_lens import CgcLensError
 from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator, merge_all
+from cgc_lens.analysis.stability import (
+    budget_sensitivity,
+    null_check,
+    subset_stability,
+    threshold_grid,
+)
 from cgc_lens.analysis.survival import (
     Outcome,
     SurvivalThresholds,
     active_features,
-    budget_sensitivity,
     classify,
     decile_table,
     equal_count_bins,
     feature_table,
-    null_check,
     overlap,
-    subset_stability,
     summarize_condition,
     summary_table,
-    threshold_grid,
 )
 
 D_SAE = 48

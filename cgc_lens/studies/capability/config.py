@@ -1,45 +1,22 @@
-"""The capability-density study end to end (Gupta 2026, §3-§5), plus a direct test of Theorem 1.
+"""Configuration of the capability-density study (Gupta 2026, §3-§5): :class:`CapabilityConfig`.
 
-``run_capability(CapabilityConfig())`` on cgc-tiny, or ``cgc-lens cgc --out DIR``:
-
-1. per-head SAE features on categorised calibration tokens → capability density (Defs 1-4);
-2. Wanda and magnitude per head from the same pass; Spearman ρ(density, Wanda) (§5.3, Fig. 3);
-3. per-head ablation ΔPPL / ΔKL on held-out tokens; Pearson and Spearman vs density (Fig. 2);
-4. Uniform, CGC-L, Inverted and CGC-F allocations applied as per-head magnitude pruning of
-   ``W_O`` slices; PPL, ΔPPL, KL and capability probes per allocation (Table 1, Fig. 4);
-5. Theorem 1: per head and pruning level, the fraction of its active SAE features that do not
-   survive (r < 0.9), its Spearman against density, and each head's phase-transition point.
-
-The readings this module adds are in docs/methods_capability.md ("The study"); the user guide
-is docs/capability.md. The result type lives in :mod:`.capability_result`.
+The one definition the Python API (:func:`~cgc_lens.studies.capability.run.run_capability`), the
+shipped JSON configs (``cgc_lens/configs/cgc_*.json``) and ``cgc-lens cgc`` share: every field's
+docstring is its ``--help``. The steps of the study are in :mod:`.steps` and :mod:`.run`.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cgc_lens.analysis.allocation import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
-from cgc_lens.io.configs import (
-    add_config_arguments,
-    config_from_arguments,
-    read_config,
-)
+from cgc_lens.analysis.evolution import EvoConfig
 from cgc_lens.errors import CgcLensError
-from cgc_lens.studies.capability.result import CapabilityResult
-from cgc_lens.studies.capability.run import run_study
+from cgc_lens.io.configs import config_from_dict, config_to_dict, read_config
 
-__all__ = ["CapabilityConfig", "CapabilityResult", "cli_arguments", "cli_main", "run_capability"]
-
-logger = logging.getLogger(__name__)
-
+__all__ = ["CapabilityConfig"]
 
 
 def _tiny_evo() -> EvoConfig:
@@ -175,29 +152,12 @@ class CapabilityConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nested configs as dicts)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CapabilityConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise (with the valid ones)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names - {"_comment"})
-        if unknown:
-            raise CgcLensError(
-                f"Unknown CapabilityConfig fields {unknown}; valid: {sorted(names)}.")
-        values = {k: v for k, v in data.items() if k in names}
-        tuples = {"density": ("alpha",), "evo": ("survivors_per_stage", "tokens_per_stage")}
-        for key, klass in (("density", DensityConfig), ("evo", EvoConfig)):
-            if isinstance(values.get(key), dict):
-                sub = dict(values[key])
-                for t in tuples[key]:
-                    if t in sub:
-                        sub[t] = tuple(sub[t])
-                values[key] = klass(**sub)
-        for key in ("probes", "survival_retentions", "categories"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(**values)
+        """Inverse of :meth:`to_dict`; unknown keys raise (with the closest valid ones)."""
+        return config_from_dict(cls, data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> CapabilityConfig:
@@ -208,47 +168,3 @@ class CapabilityConfig:
             'gpt2-medium'
         """
         return cls.from_dict(read_config(path, prefix="cgc_"))
-
-
-def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> CapabilityResult:
-    """Run the study. ``inputs`` may supply ready objects instead of loading them (tests,
-    notebooks): ``model`` (HookedTransformer), ``calibration`` / ``evaluation`` (TokenBlocks),
-    ``sae`` (BatchedTopKSAE over every head).
-
-    The model is edited only inside ``compressed(...)`` blocks and is restored bit-exactly.
-    """
-    config = config or CapabilityConfig()
-    unknown = set(inputs) - {"model", "calibration", "evaluation", "sae"}
-    if unknown:
-        raise CgcLensError(f"Unknown inputs {sorted(unknown)}; valid: calibration, evaluation, "
-                           "model, sae.")
-    t0 = time.perf_counter()
-    result = run_study(config, **inputs)
-    logger.info("capability study done in %.1f s", time.perf_counter() - t0)
-    return result
-
-
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cgc-lens cgc``: every CapabilityConfig field, ``--config``, ``--out``."""
-    parser.add_argument("--out", type=Path, required=True, help="results folder to write")
-    parser.add_argument("--config", default=None,
-                        help="JSON CapabilityConfig: a path or a shipped config's name "
-                             "(cgc_gpt2_medium); options given on the command line override it")
-    parser.add_argument("--tokens", dest="calibration_tokens", type=int,
-                        default=argparse.SUPPRESS, help="alias of --calibration-tokens")
-    add_config_arguments(parser, CapabilityConfig, skip=("density", "evo"))
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """``cgc-lens cgc``: run the study, write ``--out``, log Table 1."""
-    base = CapabilityConfig.from_json(args.config) if args.config else CapabilityConfig()
-    given = set(vars(args))
-    keep = {f.name: getattr(base, f.name) for f in dataclasses.fields(CapabilityConfig)
-            if f.name not in given}
-    config = config_from_arguments(CapabilityConfig, args, **keep)
-    result = run_capability(config)
-    out = result.save(args.out)
-    logger.info("Table 1 (%s, retention %g):\n%s", config.model, config.retention,
-                result.table().to_string(float_format=lambda v: f"{v:.4g}"))
-    logger.info("results written to %s", out)
-    return 0

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
@@ -28,22 +27,21 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from cgc_lens.analysis.accumulators import PearsonAccumulator
 from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
     FeatureAccumulator,
     capability_density,
 )
-from cgc_lens.analysis.accumulators import PearsonAccumulator
-from cgc_lens.analysis.survival import Outcome, classify
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.probes import run_probes
+from cgc_lens.forward.streaming import iter_batches, run_sites
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.sites import Head, hook_name
-from cgc_lens.forward.streaming import iter_batches, run_sites
 
 __all__ = [
     "CalibrationStats",
@@ -51,7 +49,6 @@ __all__ = [
     "block_labels",
     "calibration_pass",
     "default_sample",
-    "destruction",
     "effective_z_maps",
     "evaluate_allocations",
     "head_density",
@@ -131,6 +128,22 @@ class CalibrationStats:
     """Tokens the survival test read (the first ones of the calibration stream)."""
 
 
+def _survival_update(
+    sae: BatchedTopKSAE, z: Tensor, *, sub: list[int], values: Tensor, indices: Tensor,
+    maps: Float[Tensor, "n_heads n_levels d_head d_head"], sums: list[PearsonAccumulator],
+) -> Tensor:
+    """Add one layer's batch to the Pearson sums of its features on the dense ``z`` against the
+    effective ``z`` at each level; return the features' firing counts in the batch."""
+    ref = torch.zeros(*values.shape[:2], sae.cfg.d_sae, dtype=values.dtype, device=z.device)
+    ref.scatter_(-1, indices, values)
+    m = maps.to(device=z.device, dtype=z.dtype)
+    for j, acc in enumerate(sums):
+        z_eff = einsum(z, m[:, j], "t h d, h d e -> t h e")
+        other = sae.encode(z_eff, subset=sub)
+        acc.update(ref.flatten(1), other.flatten(1))
+    return (ref > 0).sum(0).cpu()
+
+
 @torch.no_grad()
 def calibration_pass(
     model: HookedTransformer,
@@ -157,22 +170,19 @@ def calibration_pass(
                              sample_per_category=sample_per_category, seed=seed)
     z_sq = torch.zeros(n_layers, n_heads, cfg.d_head, dtype=torch.float64)
     z_sum = torch.zeros_like(z_sq)
-    n_levels = 0 if maps is None else maps.shape[2]
-    surv = [[PearsonAccumulator(n_heads * d_sae) for _ in range(n_levels)]
-            for _ in range(n_layers)] if maps is not None else None
+    surv = None if maps is None else [[PearsonAccumulator(n_heads * d_sae) for _ in
+                                       range(maps.shape[2])] for _ in range(n_layers)]
     counts = torch.zeros(n_layers, n_heads, d_sae, dtype=torch.int64) if maps is not None else None
     limit = tokens.numel() if survival_tokens is None else survival_tokens
     state = {"tokens": 0, "survival": 0}
     hooks = [hook_name("z", layer=ell) for ell in range(n_layers)]
-    device = sae.W_enc.device
 
     def update(acts: Mapping[str, Tensor], i: int) -> None:
         rows = block_categories[i * batch_size:(i + 1) * batch_size]
-        z0 = acts[hooks[0]]
-        cats = rows.repeat_interleave(z0.shape[1])
+        cats = rows.repeat_interleave(acts[hooks[0]].shape[1])
         in_survival = maps is not None and state["survival"] < limit
         for ell, name in enumerate(hooks):
-            z = rearrange(acts[name], "b p h d -> (b p) h d").to(device)
+            z = rearrange(acts[name], "b p h d -> (b p) h d").to(sae.W_enc.device)
             z64 = z.double()
             z_sq[ell] += z64.square().sum(0).cpu()
             z_sum[ell] += z64.sum(0).cpu()
@@ -180,14 +190,8 @@ def calibration_pass(
             values, indices = sae.encode_topk(z, subset=sub)
             acc.update(cats, indices=indices, values=values, layer=ell)
             if in_survival:
-                ref = torch.zeros(*values.shape[:2], d_sae, dtype=values.dtype, device=device)
-                ref.scatter_(-1, indices, values)
-                counts[ell] += (ref > 0).sum(0).cpu()
-                m = maps[ell].to(device=device, dtype=z.dtype)
-                for j in range(n_levels):
-                    z_eff = einsum(z, m[:, j], "t h d, h d e -> t h e")
-                    other = sae.encode(z_eff, subset=sub)
-                    surv[ell][j].update(ref.flatten(1), other.flatten(1))
+                counts[ell] += _survival_update(sae, z, sub=sub, values=values,
+                                                indices=indices, maps=maps[ell], sums=surv[ell])
         state["tokens"] += cats.numel()
         if in_survival:
             state["survival"] += cats.numel()
@@ -352,25 +356,3 @@ def evaluate_allocations(
                      "probes": results}
     return out
 
-
-def destruction(
-    r: Float[np.ndarray, "n_heads n_levels d_sae"],
-    active: np.ndarray,
-    *,
-    survived: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fraction of each head's active features with r < ``survived``, per level; and n_active.
-
-    Features with undefined r (NaN) are left out, as in the survival taxonomy; a head with no
-    classified feature gets NaN.
-    """
-    n_heads, n_levels, _ = r.shape
-    frac = np.full((n_heads, n_levels), np.nan)
-    for h in range(n_heads):
-        for j in range(n_levels):
-            codes = classify(r[h, j], active[h], survived=survived, damaged=min(0.5, survived))
-            classified = np.isin(codes, [Outcome.SURVIVED, Outcome.DEGRADED, Outcome.DAMAGED])
-            if classified.any():
-                frac[h, j] = float((classified & (codes != Outcome.SURVIVED)).sum()
-                                   / classified.sum())
-    return frac, active.sum(-1)

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from cgc_lens.forward.ablation import AblationResult
-from cgc_lens.analysis.allocation import Allocation, EvoConfig, SearchResult
+from cgc_lens.analysis.allocation import Allocation
 from cgc_lens.analysis.density import DensityResult
+from cgc_lens.analysis.evolution import EvoConfig, SearchResult
 from cgc_lens.analysis.importance import RankCorrelation
+from cgc_lens.forward.ablation import AblationResult
+from cgc_lens.io.configs import config_from_dict
+from cgc_lens.io.results import read_results, write_results
 from cgc_lens.plots.capability import (
     allocation_bars,
     density_heatmap,
@@ -30,10 +33,7 @@ from cgc_lens.plots.capability import (
     reallocation_map,
     search_history,
 )
-from cgc_lens.io.results import read_results, write_results
-
-if TYPE_CHECKING:
-    from cgc_lens.studies.capability.config import CapabilityConfig
+from cgc_lens.studies.capability.config import CapabilityConfig
 
 __all__ = ["METHODS", "CapabilityResult", "Theorem1Result"]
 
@@ -265,8 +265,6 @@ class CapabilityResult:
     @classmethod
     def load(cls, out_dir: str | Path) -> CapabilityResult:
         """Rebuild a result from a folder written by :meth:`save`."""
-        from cgc_lens.studies.capability.config import CapabilityConfig
-
         folder = read_results(out_dir)
         p, arr = folder.payload, folder.arrays
         config = CapabilityConfig.from_dict(folder.config)
@@ -282,8 +280,7 @@ class CapabilityResult:
         search = None
         if p.get("cgc_f") is not None and "search.history" in arr:
             f, like = p["cgc_f"], allocs["cgc_f"]
-            evo = EvoConfig(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in f["config"].items()})
+            evo = config_from_dict(EvoConfig, f["config"])
             search = SearchResult(
                 allocation=_like(like, arr["search.allocation"], "cgc_f"),
                 start=_like(like, arr["search.start"], str(f["start"])),

@@ -22,10 +22,10 @@ from torch import Tensor
 from cgc_lens.compress import RTN, MagnitudePrune, MatchResult, Plan, compressed, match_level
 from cgc_lens.data import TokenBlocks, load_corpus, token_blocks, token_stream
 from cgc_lens.errors import CgcLensError
-from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig, rtn_name
 from cgc_lens.forward.metrics import perplexity, perplexity_result
 from cgc_lens.saes import load_sae, validate_sae
 from cgc_lens.saes.attach import SAETarget
+from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig, rtn_name
 
 if TYPE_CHECKING:
     from sae_lens import SAE

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from cgc_lens.analysis.survival import SurvivalThresholds
 from cgc_lens.compress import Plan
 from cgc_lens.compress.operators.rtn import check_bits
-from cgc_lens.io.configs import CONFIG_DIR, read_config
 from cgc_lens.errors import CgcLensError, unknown_name
+from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, read_config
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
 
 __all__ = ["CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "rtn_name"]
@@ -301,28 +301,13 @@ class SurvivalConfig:
         return parse_sae(self.sae, self.sae_id)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (plans as plan dicts)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["plans"] = [p.to_dict() for p in self.plans]
-        for name in ("bits", "budget_fractions", "subset_seeds"):
-            out[name] = list(out[name])
-        return out
+        """JSON-ready fields (plans as plan dicts, tuples as lists)."""
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SurvivalConfig:
         """Build from :meth:`to_dict`'s form; unknown keys raise with the closest names."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                raise unknown_name("SurvivalConfig field", key, names)
-        values = dict(data)
-        for name in ("bits", "budget_fractions", "subset_seeds"):  # JSON lists → the tuples
-            if isinstance(values.get(name), list):
-                values[name] = tuple(values[name])
-        if isinstance(values.get("plans"), list):
-            values["plans"] = tuple(PlanCondition.from_dict(p) if isinstance(p, dict) else p
-                                    for p in values["plans"])
-        return cls(**values)
+        return config_from_dict(cls, data)
 
     @classmethod
     def from_json(cls, path: str | Path) -> SurvivalConfig:

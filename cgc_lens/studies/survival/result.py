@@ -19,18 +19,18 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from cgc_lens.analysis.fragility import RocCurve
 from cgc_lens.analysis.accumulators import ReferenceStats
+from cgc_lens.analysis.fragility import RocCurve
+from cgc_lens.analysis.stability import NullCheck
 from cgc_lens.analysis.survival import (
     ConditionSummary,
-    NullCheck,
     OverlapResult,
     feature_table,
     summary_table,
 )
 from cgc_lens.compress import MatchResult
 from cgc_lens.errors import CgcLensError
-from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig
+from cgc_lens.io.results import read_results, write_results
 from cgc_lens.plots.survival import (
     plot_dissociation,
     plot_feature_scatter,
@@ -39,7 +39,7 @@ from cgc_lens.plots.survival import (
     plot_roc_curves,
     plot_taxonomy,
 )
-from cgc_lens.io.results import read_results, write_results
+from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig
 
 __all__ = ["TABLE1_COLUMNS", "FragilityReport", "StabilityChecks", "SurvivalResult"]
 

@@ -13,18 +13,14 @@ the SAE features I interpret survive?"; QDM paper §3, Apps. B-L).
 4. each condition's perplexity on the evaluation tokens (chunked; sliding window optional);
 5. the analyses of :mod:`cgc_lens.analysis` (taxonomy, overlaps, deciles, fragility, checks).
 
-``cgc-lens survival`` (:func:`cli_arguments`, :func:`cli_main`) parses into the same config.
+``cgc-lens survival`` (:mod:`cgc_lens.cli`) parses into the same config.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -33,28 +29,33 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from cgc_lens.analysis.accumulators import merge_all
 from cgc_lens.analysis.fragility import (
     FragilityPredictor,
     fragility_dataset,
     marginal_aucs,
     survival_by_quartile,
 )
-from cgc_lens.analysis.accumulators import merge_all
+from cgc_lens.analysis.stability import (
+    budget_sensitivity,
+    null_check,
+    subset_stability,
+    threshold_grid,
+)
 from cgc_lens.analysis.survival import (
     ConditionSummary,
     active_features,
-    budget_sensitivity,
     decile_table,
-    null_check,
     overlap,
-    subset_stability,
     summarize_condition,
     summary_table,
-    threshold_grid,
 )
-from cgc_lens.io.configs import add_config_arguments, config_from_arguments
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.metrics import bos_token_id
+from cgc_lens.models import load_model
+from cgc_lens.saes.attach import SAETarget
+from cgc_lens.sites import layer_of
 from cgc_lens.studies.survival.conditions import (
     Condition,
     condition_perplexities,
@@ -68,17 +69,12 @@ from cgc_lens.studies.survival.config import (
     SurvivalConfig,
     parse_sae,
 )
+from cgc_lens.studies.survival.passes import SweepSums, stream_conditions
 from cgc_lens.studies.survival.result import (
-    TABLE1_COLUMNS,
     FragilityReport,
     StabilityChecks,
     SurvivalResult,
 )
-from cgc_lens.studies.survival.passes import SweepSums, stream_conditions
-from cgc_lens.forward.metrics import bos_token_id
-from cgc_lens.models import load_model
-from cgc_lens.saes.attach import SAETarget
-from cgc_lens.sites import layer_of
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -86,7 +82,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FragilityReport", "PlanCondition", "StabilityChecks", "SurvivalConfig", "SurvivalResult",
-    "cli_arguments", "cli_config", "cli_main", "format_table", "run_survival",
+    "run_survival",
 ]
 
 log = logging.getLogger(__name__)
@@ -184,10 +180,7 @@ def run_survival(
     t_start = time.perf_counter()
     if model is None:
         model = load_model(config.model, device=config.device, dtype=config.dtype)
-    targets = [sae_target(model, sae, config.sae_source, config=config, hook=config.hook)]
-    if second_sae is not None or config.second_sae is not None:
-        spec = parse_sae(config.second_sae) if config.second_sae else ("", None)
-        targets.append(sae_target(model, second_sae, spec, config=config, hook=None))
+    targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
                                        "match": match_tokens})
     feats = sets["features"]
@@ -202,7 +195,30 @@ def run_survival(
     t0 = time.perf_counter()
     ppl = condition_perplexities(config, model, conds, sets["eval"])
     t_ppl = time.perf_counter() - t0
+    info: dict[str, Any] = {}  # filled after the analyses, so its total time includes them
+    result = _analyses(config, sums, targets, conds, ppl=ppl, matches=matches, info=info)
+    info.update(_info(config, model, targets, sets=sets, sums=sums, ppl=ppl, t_start=t_start,
+                      t_match=t_match, t_ppl=t_ppl))
+    if sae is not None:
+        info["sae"] = "(given)"
+    log.info("survival audit done in %.1f s: %r", info["seconds"]["total"], result)
+    return result
 
+
+def _targets(config: SurvivalConfig, model: HookedTransformer, sae: SAE | None,
+             second_sae: SAE | None) -> list[SAETarget]:
+    """The read-out SAE, and the second one when given or configured."""
+    targets = [sae_target(model, sae, config.sae_source, config=config, hook=config.hook)]
+    if second_sae is not None or config.second_sae is not None:
+        spec = parse_sae(config.second_sae) if config.second_sae else ("", None)
+        targets.append(sae_target(model, second_sae, spec, config=config, hook=None))
+    return targets
+
+
+def _analyses(config: SurvivalConfig, sums: SweepSums, targets: list[SAETarget],
+              conds: list[Condition], *, ppl: dict[str, tuple[float | None, float | None]],
+              matches: dict[str, Any], info: dict[str, Any]) -> SurvivalResult:
+    """Table 1, overlaps, deciles, fragility and the stability checks from the sweep's sums."""
     key = targets[0].key
     rows, r, ref, active = _table(config, sums, key, conds, ppl=ppl,
                                   layer=layer_of(targets[0].hook))
@@ -225,16 +241,10 @@ def run_survival(
                                lambda: _fragility(config, ref, r[focus], active, focus))
     stability = _stability(config, sums, key=key, focus=focus, r=r, active=active,
                            second=second)
-    info = _info(config, model, targets, sets=sets, sums=sums, ppl=ppl, t_start=t_start,
-                 t_match=t_match, t_ppl=t_ppl)
-    if sae is not None:
-        info["sae"] = "(given)"
-    result = SurvivalResult(
+    return SurvivalResult(
         config=config, conditions=tuple(rows), r=r, reference=ref, active=active, read_out=key,
         overlaps=tuple(overlaps), deciles=deciles, fragility=fragility, fragility_note=note,
         stability=stability, matches=matches, info=info)
-    log.info("survival audit done in %.1f s: %r", info["seconds"]["total"], result)
-    return result
 
 
 def _info(config: SurvivalConfig, model: HookedTransformer, targets: list[SAETarget], *,
@@ -255,48 +265,3 @@ def _info(config: SurvivalConfig, model: HookedTransformer, targets: list[SAETar
                     "sweep": round(sums.seconds, 2), "matching": round(t_match, 2),
                     "perplexity": round(t_ppl, 2)},
     }
-
-
-def format_table(result: SurvivalResult) -> str:
-    """Table 1 as aligned text (what ``cgc-lens survival`` prints)."""
-    table = result.to_frame()[list(TABLE1_COLUMNS)]
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
-
-
-def cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``cgc-lens survival``: one per :class:`SurvivalConfig` field, plus
-    ``--config`` (a JSON config or a packaged name) and ``--out``."""
-    add_config_arguments(parser, SurvivalConfig, skip=("plans",))
-    parser.add_argument("--config", default=None,
-                        help="JSON config (path, or a packaged name such as survival_pythia70m); "
-                             "options given on the command line override it")
-    parser.add_argument("--out", type=Path, required=True, help="results folder")
-
-
-def cli_config(args: argparse.Namespace) -> SurvivalConfig:
-    """The config of a ``cgc-lens survival`` command line: ``--config`` (if any), then every
-    option given on the command line over it."""
-    base = SurvivalConfig.from_json(args.config) if getattr(args, "config", None) else None
-    given = set(vars(args))
-    fields = dataclasses.fields(SurvivalConfig) if base is not None else ()
-    keep = {f.name: getattr(base, f.name) for f in fields if f.name not in given}
-    return config_from_arguments(SurvivalConfig, args, **keep)
-
-
-def cli_main(args: argparse.Namespace) -> int:
-    """Run ``cgc-lens survival``: print Table 1 and write the results folder to ``--out``."""
-    result = run_survival(cli_config(args))
-    out = result.save(args.out)
-    lines = [format_table(result), ""]
-    if result.stability.null is not None:
-        n = result.stability.null
-        lines.append(f"null check: {'passed' if n.passed else 'FAILED'} (mean r {n.mean_corr:.6f})")
-    if result.fragility is not None:
-        f = result.fragility
-        lines.append(f"fragility ({f.condition}): {f.cv_auc:.3f} CV AUC over {f.n_features} "
-                     "features")
-    lines.append(f"results: {out / 'results.json'}, {out / 'tables' / 'features.csv'}, "
-                 f"{out / 'report.html'}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
-
