@@ -23,8 +23,8 @@ from cgc_lens.adaptive import (
     retention,
     train_compressors,
 )
-from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, evaluate_saes
 from cgc_lens.forward.streaming import collect_activations
+from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, evaluate_saes
 
 SITES = [Site.resid_post(0), Site.resid_post(1)]
 FAST = {"steps": 6, "batch_size": 4, "log_every": 2}

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fake_assets import TEXTS, bpe_tokenizer, write_fake_embedded
-from hub_cache import offline_hub, write_datasets_cache
+from unit.fake_assets import TEXTS, bpe_tokenizer, write_fake_embedded
+from unit.hub_cache import offline_hub, write_datasets_cache
 
 import cgc_lens.data.synth
 from cgc_lens import data, models

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from cgc_lens import CgcLensError, Site
-from cgc_lens.forward.streaming import collect_activations, iter_batches, run_sites, site_keys, stop_layer
+from cgc_lens.forward.streaming import (
+    collect_activations,
+    iter_batches,
+    run_sites,
+    site_keys,
+    stop_layer,
+)
 
 
 class Recorder:

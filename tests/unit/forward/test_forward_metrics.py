@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from fake_assets import bpe_tokenizer, tiny_gpt2
+from unit.fake_assets import bpe_tokenizer, tiny_gpt2
 
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
