@@ -4,14 +4,12 @@ from scipy import stats
 
 from cgc_lens.analysis.allocation import (
     Allocation,
-    EvoConfig,
-    cgc_f,
     cgc_l,
     density_ceilings,
     inverted,
-    snap_to_levels,
     uniform,
 )
+from cgc_lens.analysis.evolution import EvoConfig, cgc_f, snap_to_levels
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
 
@@ -228,3 +226,31 @@ def test_cgc_f_errors():
     ):
         with pytest.raises(CgcLensError, match=msg):
             EvoConfig(**kwargs)
+
+
+def test_cgc_f_from_starts_keeps_a_start_that_stays_better() -> None:
+    from cgc_lens.analysis.evolution import cgc_f_from_starts
+
+    # The unsnapped start (0.33 per head) is off the 0.1 grid, so the search cannot reach it.
+    def fit(ret, n_tokens):
+        return sum(abs(ret[Head(0, h)] - 0.33) for h in range(3))
+
+    cfg = EvoConfig(generations=2, offspring=2, level_step=0.1, progress=False,
+                    tokens_per_stage=(8,), survivors_per_stage=(1,))
+    starts = {"a": cgc_l(np.array([[0.3, 0.3, 0.4]]), rho=0.4),
+              "b": uniform((1, 3), 0.4)}
+    best = cgc_f_from_starts(starts, fit, cfg)
+    assert best.start == min(best.start_fitness, key=best.start_fitness.__getitem__)
+    assert best.fitness == min([*best.start_fitness.values(), float(best.search.history[-1])])
+    assert best.allocation.method == "cgc_f"
+    if best.origin != "search":
+        np.testing.assert_array_equal(best.allocation.retention,
+                                      starts[best.origin].retention)
+
+
+def test_cgc_f_names_still_resolve_from_allocation() -> None:
+    from cgc_lens.analysis import allocation, evolution
+
+    assert allocation.cgc_f is evolution.cgc_f and allocation.EvoConfig is evolution.EvoConfig
+    with pytest.raises(AttributeError):
+        _ = allocation.no_such_name

@@ -11,13 +11,13 @@ import torch
 
 from cgc_lens.analysis.allocation import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
-from cgc_lens.io.configs import CONFIG_DIR
+from cgc_lens.cli import add_study_arguments
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
-from cgc_lens.cli import add_study_arguments
+from cgc_lens.forward.metrics import perplexity
+from cgc_lens.io.configs import CONFIG_DIR
 from cgc_lens.studies.capability import CapabilityConfig, run_capability
 from cgc_lens.studies.capability.result import METHODS, CapabilityResult
-from cgc_lens.forward.metrics import perplexity
 from conftest import make_tiny_model
 
 

@@ -236,3 +236,14 @@ def test_feature_table_lists_every_feature_and_outcome():
     assert table.index.name == "feature" and len(table) == 4
     assert table["outcome[a]"].tolist() == ["SURVIVED", "DAMAGED", "INACTIVE", "UNDEFINED"]
     assert table["active"].tolist() == [True, True, False, True]
+
+
+def test_destruction_per_head_and_level() -> None:
+    from cgc_lens.analysis.survival import destruction
+
+    r = np.array([[[0.95, 0.2, 0.5], [np.nan, np.nan, np.nan]],
+                  [[0.99, 0.98, 0.1], [0.91, 0.3, 0.2]]])
+    active = np.array([[True, True, False], [True, True, True]])
+    frac, n_active = destruction(r, active, survived=0.9)
+    np.testing.assert_array_equal(n_active, [2, 3])
+    np.testing.assert_allclose(frac, [[0.5, np.nan], [1 / 3, 2 / 3]])

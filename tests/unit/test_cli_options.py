@@ -9,8 +9,8 @@ from typing import Literal
 import pytest
 
 from cgc_lens.cli_options import add_config_arguments, config_from_arguments
-from cgc_lens.io.configs import field_docs
 from cgc_lens.errors import CgcLensError
+from cgc_lens.io.configs import field_docs
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -109,3 +109,16 @@ def test_wanda_bad_input(unchecked):  # our checks, which users meet
         wanda_head_importance(np.ones((2, 3, 4, 5)), np.ones((2, 3, 5)))
     with pytest.raises(CgcLensError, match=">= 0"):
         wanda_head_importance(np.ones((3, 4, 5)), -np.ones((3, 4)))
+
+
+def test_finite_rank_correlation_drops_non_finite_pairs() -> None:
+    from cgc_lens.analysis.importance import finite_rank_correlation
+
+    x = np.array([[0.1, np.nan, 0.3], [0.4, 0.2, 0.5]])
+    y = np.array([[1.0, 9.0, 3.0], [4.0, 2.0, np.inf]])
+    r = finite_rank_correlation(x, y)
+    ok = np.isfinite(x) & np.isfinite(y)
+    assert r.n == 4 and r.rho == pytest.approx(rank_correlation(
+        x[ok][None], y[ok][None], within_layers=False).rho)
+    short = finite_rank_correlation(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    assert short.n == 1 and np.isnan(short.rho) and np.isnan(short.p_value)

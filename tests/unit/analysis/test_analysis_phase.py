@@ -70,3 +70,12 @@ def test_bad_input_raises(unchecked):  # our checks, which users meet
         phase_transition_point(SPARSITY, SPARSITY, method="elbow")
     with pytest.raises(CgcLensError, match=r"ys must be \[n_curves, n_points\], got shape \(19,\)"):
         phase_transition_points(SPARSITY, SPARSITY)
+
+
+def test_points_of_curves_with_missing_values_are_nan_on_request() -> None:
+    s = np.linspace(0.0, 0.9, 10)
+    ys = np.stack([np.maximum(0, s - 0.3) * 10, np.full(10, np.nan)])
+    with pytest.raises(CgcLensError):
+        phase_transition_points(s, ys)
+    points = phase_transition_points(s, ys, nonfinite="nan")
+    assert points[0] == pytest.approx(0.3) and np.isnan(points[1])

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from fake_assets import TEXTS, bpe_tokenizer
 from sae_lens import (
     JumpReLUSAE,
     JumpReLUSAEConfig,
@@ -25,13 +24,14 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from unit.fake_assets import TEXTS, bpe_tokenizer
 
 from cgc_lens import CgcLensError
 from cgc_lens.analysis import fragility_dataset
-from cgc_lens.compress import RTN, compressed
 from cgc_lens.cli import add_study_arguments, study_config
-from cgc_lens.studies.survival import SurvivalConfig, SurvivalResult, run_survival
+from cgc_lens.compress import RTN, compressed
 from cgc_lens.saes import attached, validate_sae
+from cgc_lens.studies.survival import SurvivalConfig, SurvivalResult, run_survival
 from conftest import make_tiny_model
 
 HOOK = "blocks.1.hook_resid_post"

@@ -22,12 +22,12 @@ from cgc_lens.adaptive import (
 )
 from cgc_lens.adaptive.data import StudyData
 from cgc_lens.adaptive.evaluate import LabelledTokens, evaluate_methods, pooled_features
-from cgc_lens.studies.adaptive import run as study
 from cgc_lens.cli import add_study_arguments, run_study
-from cgc_lens.studies.adaptive import AdaptiveResult, AdaptiveStudyConfig, run_adaptive
+from cgc_lens.forward.streaming import collect_activations
 from cgc_lens.plots.adaptive import plot_probing, plot_quality_comparison
 from cgc_lens.saes import SAEQuality
-from cgc_lens.forward.streaming import collect_activations
+from cgc_lens.studies.adaptive import AdaptiveResult, AdaptiveStudyConfig, run_adaptive
+from cgc_lens.studies.adaptive import run as study
 
 CATS = ("fiction", "code", "speech")
 
