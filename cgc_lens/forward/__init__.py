@@ -1,2 +1,33 @@
 """The hooked forward passes: streaming reads of hook points, losses and perplexity, per-head
 ablation sweeps, and capability probes."""
+
+from cgc_lens.forward.ablation import AblationResult, head_ablation, head_ablation_naive, head_means
+from cgc_lens.forward.metrics import (
+    PerplexityResult,
+    kl_divergence,
+    log_probs,
+    nll_kl_sums,
+    perplexity,
+    perplexity_result,
+    token_nll,
+    unigram_perplexity,
+)
+from cgc_lens.forward.probes import (
+    InductionProbe,
+    Probe,
+    TaskProbe,
+    get_probe,
+    probe_names,
+    register_probe,
+    run_probes,
+)
+from cgc_lens.forward.prune_sweep import PruneSweepResult, head_prune_sweep
+from cgc_lens.forward.streaming import Accumulator, collect_activations, iter_batches, run_sites
+
+__all__ = [
+    "AblationResult", "Accumulator", "InductionProbe", "PerplexityResult", "Probe",
+    "PruneSweepResult", "TaskProbe", "collect_activations", "get_probe", "head_ablation",
+    "head_ablation_naive", "head_means", "head_prune_sweep", "iter_batches", "kl_divergence",
+    "log_probs", "nll_kl_sums", "perplexity", "perplexity_result", "probe_names",
+    "register_probe", "run_probes", "run_sites", "token_nll", "unigram_perplexity",
+]
