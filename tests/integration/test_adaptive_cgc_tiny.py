@@ -9,7 +9,7 @@ import torch
 
 from cgc_lens.adaptive import AdaptiveTrainConfig, LabelledTokens, StudyData
 from cgc_lens.data import token_blocks
-from cgc_lens.studies.adaptive.run import AdaptiveStudyConfig, run_adaptive
+from cgc_lens.studies.adaptive import AdaptiveStudyConfig, run_adaptive
 
 LAYERS = (1, 3)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cgc_lens.cli import main
-from cgc_lens.studies.capability.config import CapabilityConfig
+from cgc_lens.studies.capability import CapabilityConfig
 from cgc_lens.studies.capability.result import METHODS, CapabilityResult
 
 SMALL = {
