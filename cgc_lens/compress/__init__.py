@@ -6,6 +6,7 @@ from cgc_lens.compress.context import (
     TensorRecord,
     compress_permanently_,
     compressed,
+    restore_all_,
 )
 from cgc_lens.compress.layout import OUT_AXES, as_matrix, from_matrix
 from cgc_lens.compress.matched import MatchResult, bisect_level, match_level, measure, root_level
@@ -65,6 +66,7 @@ __all__ = [
     "operator_class",
     "register_operator",
     "registered_operators",
+    "restore_all_",
     "root_level",
     "rtn_qparams",
     "rtn_quantize",

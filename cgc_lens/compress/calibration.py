@@ -145,6 +145,13 @@ def collect_input_norms(
     """
     if tokens.ndim != 2:
         raise CgcLensError(f"tokens must be [batch, pos], got shape {tuple(tokens.shape)}.")
+    if tokens.numel() == 0:
+        raise CgcLensError(
+            f"Calibration needs at least one token, got tokens of shape {tuple(tokens.shape)} "
+            "(0 tokens): input norms over no tokens are all zero, and Wanda would then prune "
+            "every weight's first inputs by position. Pass a non-empty [batch, pos] tensor of "
+            "calibration tokens."
+        )
     refs = (targets or Targets()).resolve(model)
     if not refs:
         raise CgcLensError(f"{targets} selects no weights; nothing to collect norms for.")
@@ -165,4 +172,10 @@ def collect_input_norms(
     stop = max(layer for layer, _ in sites) + 1
     for batch in tokens.split(batch_size):
         model.run_with_hooks(batch, return_type=None, fwd_hooks=hooks, stop_at_layer=stop)
+    for key, total in sums.items():
+        if not bool(torch.isfinite(total).all()):
+            raise CgcLensError(
+                f"The calibration inputs at {key} hold inf/NaN, so its input norms are not "
+                "finite: check the model's weights and the calibration tokens."
+            )
     return InputNorms(sums, tokens.numel())

@@ -7,113 +7,50 @@ fresh copies and hands the original storage back). A failure while applying rest
 propagates. Blocks nest: each restores what it found, so exits in ``with`` order give
 back the state before every block; leaving an outer block first also closes the inner ones.
 :func:`compress_permanently_` is the one form that does not restore.
+
+Restoring is interrupt-safe: it runs with SIGINT and SIGTERM held back
+(:class:`~cgc_lens.compress.interrupts.deferred_signals`, main thread only) and delivers them
+once every tensor is back; a block stays registered on its model until its tensors are back,
+so an outer block, a retried exit or :func:`restore_all_` can finish what an interrupted one
+left. A restore that cannot finish raises a :class:`RuntimeError` that names
+:func:`restore_all_`. Grad mode is left as it was found.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from cgc_lens.compress.interrupts import deferred_signals
 from cgc_lens.compress.operators.base import EditStats, Operator
 from cgc_lens.compress.plan import Plan, Step, as_plan
+from cgc_lens.compress.record import CompressionRecord, TensorRecord
 from cgc_lens.compress.snapshot import (
     Restore,
     Snapshot,
+    check_finite,
     group_by_shape,
     group_by_shape_and_axes,
     owns_storage,
+    restore_with_retries,
 )
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
 if TYPE_CHECKING:
-    import pandas as pd
     from transformer_lens import HookedTransformer
 
-__all__ = ["CompressionRecord", "TensorRecord", "compress_permanently_", "compressed"]
+__all__ = ["CompressionRecord", "TensorRecord", "compress_permanently_", "compressed",
+           "restore_all_"]
 
 logger = logging.getLogger(__name__)
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[_Block]] = weakref.WeakKeyDictionary()
-
-
-@dataclass(frozen=True)
-class TensorRecord:
-    """What one step did to one tensor (or head slice)."""
-
-    step: int
-    """Index of the step in the plan."""
-    operator: str
-    """Registry name of the operator."""
-    param: str
-    """Parameter path on the model."""
-    layer: int
-    """Block index."""
-    name: str
-    """TransformerLens weight name."""
-    heads: tuple[int, ...] | None
-    """Head slice edited; None for the whole tensor."""
-    numel: int
-    """Parameters touched (0 when the operator is the identity at this level)."""
-    bits: int | None
-    """Quantization bits (RTN)."""
-    sparsity: float | None
-    """Achieved fraction of zeros in the edited slice (pruning)."""
-    rank: int | None
-    """Rank kept (low rank)."""
-
-
-class CompressionRecord:
-    """Per-tensor account of a compression; also says whether the model was restored."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        """The plan that was applied."""
-        self.restored = False
-        """True once the block has put the original weights back."""
-        self.n_parameters = 0
-        """Parameters in the tensors that were snapshotted (touched tensors, whole)."""
-        self._raw: list[tuple[int, Operator, WeightRef, int, EditStats]] = []
-        self._tensors: list[TensorRecord] | None = None
-
-    def _add(self, step: int, op: Operator, refs: Sequence[WeightRef], numels: Sequence[int],
-             stats: Sequence[EditStats]) -> None:
-        self._raw.extend(zip([step] * len(refs), [op] * len(refs), refs, numels, stats,
-                             strict=True))
-        self._tensors = None
-
-    @property
-    def tensors(self) -> list[TensorRecord]:
-        """One :class:`TensorRecord` per (step, tensor), in application order."""
-        if self._tensors is None:  # built on demand: the hot path only appends tuples
-            self._tensors = [
-                TensorRecord(step=i, operator=op.name, param=ref.param, layer=ref.layer,
-                             name=ref.name, heads=ref.heads, numel=n, bits=s.bits,
-                             sparsity=s.sparsity, rank=s.rank)
-                for i, op, ref, n, s in self._raw
-            ]
-        return self._tensors
-
-    @property
-    def parameters_touched(self) -> int:
-        """Sum of :attr:`TensorRecord.numel` over every step."""
-        return sum(n for _, _, _, n, _ in self._raw)
-
-    def to_frame(self) -> pd.DataFrame:
-        """The per-tensor records as a DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame([r.__dict__ for r in self.tensors])
-
-    def __repr__(self) -> str:
-        return (f"CompressionRecord({len(self.plan)} steps, {len(self._raw)} tensor edits, "
-                f"{self.parameters_touched} parameters touched, restored={self.restored})")
+_CLOSE_TRIES = 100  # exits retried after a KeyboardInterrupt that came before signals were held
 
 
 _Resolved = list[tuple[Operator, list[WeightRef], list[nn.Parameter]]]
@@ -126,6 +63,12 @@ def _resolve(model: HookedTransformer, plan: Plan) -> _Resolved:
         pairs = step.resolve_params(model)
         resolved.append((step.operator, [r for r, _ in pairs], [p for _, p in pairs]))
     return resolved
+
+
+def _names(resolved: _Resolved) -> dict[int, str]:
+    """``id(parameter) -> parameter path``, for messages."""
+    return {id(p): ref.param for _, refs, params in resolved
+            for ref, p in zip(refs, params, strict=True)}
 
 
 def _touched(resolved: _Resolved) -> list[nn.Parameter]:
@@ -164,9 +107,15 @@ def _apply_fused(
     op, refs, _ = resolved[0]
     stats: dict[int, EditStats] = {}
     for group, group_refs in group_by_shape_and_axes(params, refs):
-        stats.update(zip(map(id, group), snapshot.add(group, op=op, refs=group_refs),
+        names = [r.param for r in group_refs]
+        stats.update(zip(map(id, group), snapshot.add(group, names, op=op, refs=group_refs),
                          strict=True))
     record._add(0, op, refs, numels, [stats[id(p)] for p in params])
+
+
+def _snapshot_all(snapshot: Snapshot, params: list[nn.Parameter], names: dict[int, str]) -> None:
+    for group in group_by_shape(params):
+        snapshot.add(group, [names[id(p)] for p in group])
 
 
 def _apply(resolved: _Resolved, record: CompressionRecord) -> None:
@@ -206,10 +155,25 @@ class _Block:
         self.record: CompressionRecord | None = None
         self._snapshot: Snapshot | None = None
         self._state = "new"
+        self._grad = True
 
     def __enter__(self) -> CompressionRecord:
         if self._state != "new":
             raise CgcLensError("This compressed(...) block was already entered; make a new one.")
+        self._grad = torch.is_grad_enabled()
+        try:  # the return included: an interrupt anywhere closes the block
+            record = self._open()
+            logger.debug("compressed %s: %r", getattr(self.model.cfg, "model_name", "model"),
+                         record)
+            return record
+        except BaseException as err:
+            try:
+                self._retry_close(err if isinstance(err, KeyboardInterrupt) else None)
+            finally:
+                torch.set_grad_enabled(self._grad)  # an operator's no_grad may have been cut
+            raise
+
+    def _open(self) -> CompressionRecord:
         resolved = _resolve(self.model, self.plan)  # raises before anything is edited
         params = _touched(resolved)
         self.record = record = CompressionRecord(self.plan)
@@ -220,42 +184,72 @@ class _Block:
             logger.debug("restore='swap' falls back to 'copy': targets share storage.")
             restore = "copy"
         fused = not self.offload_to_cpu and _fusable(resolved)
-        self._snapshot = snapshot = Snapshot(offload_to_cpu=self.offload_to_cpu,
-                                             restore=restore)
-        try:
-            _ACTIVE.setdefault(self.model, []).append(self)
-            self._state = "open"
-            if fused:
-                _apply_fused(snapshot, resolved, params, numels, record)
-            else:
-                for group in group_by_shape(params):
-                    snapshot.add(group)
-                _apply(resolved, record)
-        except BaseException:
-            self._close()
-            raise
-        logger.debug("compressed %s: %r", getattr(self.model.cfg, "model_name", "model"),
-                     record)
+        snapshot = Snapshot(offload_to_cpu=self.offload_to_cpu, restore=restore)
+        self._snapshot = snapshot  # registered before anything is edited
+        _ACTIVE.setdefault(self.model, []).append(self)
+        self._state = "open"
+        if fused:
+            _apply_fused(snapshot, resolved, params, numels, record)
+        else:
+            _snapshot_all(snapshot, params, _names(resolved))
+            _apply(resolved, record)
         return record
 
     def _close(self) -> None:
-        stack = _ACTIVE.get(self.model, [])
-        if self in stack:
-            while stack[-1] is not self:  # leaving an outer block first closes the inner ones
-                inner = stack[-1]
+        """Put the weights back (inner blocks first) with signals held, then unregister."""
+        with deferred_signals():
+            stack = _ACTIVE.get(self.model, [])
+            while self in stack and stack[-1] is not self:  # an outer block closes inner ones
                 logger.warning("Closing a nested compressed(...) block before its outer one.")
-                inner._close()
-            stack.pop()
-        if self._snapshot is not None:
-            self._snapshot.restore()
-            self._snapshot = None
-        if self.record is not None:
-            self.record.restored = True
-        self._state = "closed"
+                stack[-1]._close()
+            errors: list[BaseException] = []
+            if self._snapshot is not None:
+                try:
+                    errors = restore_with_retries(self._snapshot)
+                except RuntimeError as err:
+                    logger.error("%s", err)
+                    raise RuntimeError(
+                        f"{err} The weights of the model are still compressed and the block "
+                        "stays registered: call cgc_lens.compress.restore_all_(model) to try "
+                        "again."
+                    ) from err.__cause__
+                self._snapshot = None
+            if self in stack:
+                stack.remove(self)
+            if self.record is not None:
+                self.record.restored = True
+            self._state = "closed"
+            for err in errors:  # the weights are back: say what happened on the way
+                logger.warning("Restoring needed another try after %s: %s",
+                               type(err).__name__, err)
+                if not isinstance(err, Exception):  # an interrupt: deliver it now
+                    raise err
 
     def __exit__(self, *exc: object) -> None:
-        if self._state == "open":
-            self._close()
+        try:  # first statement: an interrupt inside is caught and the close is retried
+            if self._state == "open":
+                self._close()
+            return
+        except KeyboardInterrupt as err:
+            if self._state == "closed":  # delivered once the weights were back
+                raise
+            first = err
+        self._retry_close(first)
+
+    def _retry_close(self, interrupt: KeyboardInterrupt | None) -> None:
+        """:meth:`_close` until the block is closed, then raise ``interrupt`` (a
+        KeyboardInterrupt that landed before the signals were held) if there was one."""
+        for _ in range(_CLOSE_TRIES):
+            try:
+                if self._state != "closed":
+                    self._close()
+                break
+            except KeyboardInterrupt as err:
+                if self._state == "closed":
+                    raise
+                interrupt = interrupt or err
+        if interrupt is not None:
+            raise interrupt
 
 
 def compressed(
@@ -313,20 +307,48 @@ def compress_permanently_(
     if _ACTIVE.get(model):
         raise CgcLensError(
             "compress_permanently_ inside a compressed(...) block on the same model would be "
-            "undone when the block exits; leave the block first."
+            "undone when the block exits; leave the block first (a block that was interrupted "
+            "before it put the weights back is finished by cgc_lens.compress.restore_all_(model))."
         )
     plan = as_plan(plan_or_operator, targets)
     resolved = _resolve(model, plan)
     record = CompressionRecord(plan)
+    names, touched = _names(resolved), _touched(resolved)
     snapshot = None
     if atomic:
         snapshot = Snapshot(offload_to_cpu=offload_to_cpu)
-        for group in group_by_shape(_touched(resolved)):
-            snapshot.add(group)
+        _snapshot_all(snapshot, touched, names)
+    else:
+        for group in group_by_shape(touched):
+            check_finite(torch.stack([p.detach() for p in group]), [names[id(p)] for p in group])
+    grad = torch.is_grad_enabled()
     try:
         _apply(resolved, record)
     except BaseException:
+        torch.set_grad_enabled(grad)
         if snapshot is not None:
-            snapshot.restore()
+            with deferred_signals():
+                restore_with_retries(snapshot)
         raise
     return record
+
+
+def restore_all_(model: HookedTransformer) -> int:
+    """Put back the weights of every :func:`compressed` block still open on ``model``.
+
+    For a block whose exit was cut short (an interrupt before it could hold signals, or a
+    restore that failed and raised): the outermost block is closed, which closes the inner
+    ones first. Returns how many blocks were closed (0 when none was open).
+
+    Example:
+        >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
+        >>> cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2,
+        ...                               d_vocab=10, attn_only=True)
+        >>> restore_all_(HookedTransformer(cfg))
+        0
+    """
+    stack = _ACTIVE.get(model) or []
+    n = len(stack)
+    if stack:
+        stack[0]._retry_close(None)
+    return n

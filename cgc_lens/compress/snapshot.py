@@ -4,6 +4,11 @@
 (optionally on the CPU), can let the operator edit each stack while it is still in cache
 (:meth:`~cgc_lens.compress.Operator.apply_stacked_`), and restores by copying back (``"copy"``)
 or by handing the original storage back (``"swap"``).
+
+The three memory primitives (:func:`stack_copies`, :func:`copy_all_`, :func:`set_data_`) are
+module functions so that tests can make each fail at any call. :meth:`Snapshot.restore` is
+idempotent: after a failure part-way it can simply be run again. :func:`check_finite` refuses a
+non-finite weight before anything is edited.
 """
 
 from __future__ import annotations
@@ -16,20 +21,27 @@ from torch import Tensor, nn
 
 from cgc_lens.compress.operators.base import EditStats, Operator
 from cgc_lens.compress.targets import WeightRef
+from cgc_lens.errors import CgcLensError
 
 __all__ = [
+    "RESTORE_TRIES",
     "Restore",
     "Snapshot",
+    "check_finite",
     "copy_all_",
     "group_by_shape",
     "group_by_shape_and_axes",
     "owns_storage",
+    "restore_with_retries",
+    "set_data_",
+    "stack_copies",
 ]
 
 Restore = Literal["copy", "swap"]
 
 
 def copy_all_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """Copy each of ``src`` into the tensor of ``dst`` at the same position."""
     if not dst:
         return
     if hasattr(torch, "_foreach_copy_"):  # one dispatch for many small tensors (torch >= 2.1)
@@ -37,6 +49,40 @@ def copy_all_(dst: list[Tensor], src: list[Tensor]) -> None:
     else:  # pragma: no cover - older torch
         for d, s in zip(dst, src, strict=True):
             d.copy_(s)
+
+
+def stack_copies(tensors: Sequence[Tensor], *, offload_to_cpu: bool) -> Tensor:
+    """Copies of same-shaped ``tensors``, stacked on axis 0 (in pinned CPU memory when
+    ``offload_to_cpu`` and the tensors are on a GPU)."""
+    if not offload_to_cpu:
+        return torch.stack(list(tensors))
+    t0 = tensors[0]
+    buf = torch.empty((len(tensors), *t0.shape), dtype=t0.dtype, device="cpu",
+                      pin_memory=t0.device.type == "cuda")
+    copy_all_(list(buf.unbind(0)), list(tensors))
+    return buf
+
+
+def set_data_(param: nn.Parameter, data: Tensor) -> None:
+    """Make ``data`` the storage of ``param`` (no copy; autograd is not involved)."""
+    param.data = data
+
+
+def check_finite(stack: Tensor, names: Sequence[str]) -> None:
+    """Raise :class:`~cgc_lens.errors.CgcLensError` if ``stack`` (axis 0 stacks the weights
+    ``names``) holds inf or NaN: no operator gives a meaningful result on such a weight (RTN
+    would turn its whole output channel into NaN). One pass; the count only on failure."""
+    if bool(torch.isfinite(stack).all()):
+        return
+    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in zip(names, stack, strict=True)]
+    bad = [(n, c) for n, c in bad if c]
+    name, count = bad[0]
+    more = f" (and {len(bad) - 1} more weights)" if len(bad) > 1 else ""
+    raise CgcLensError(
+        f"{name} has {count} non-finite values (inf/NaN){more}; cgc-lens cannot quantize, prune "
+        "or factor a non-finite weight: check the checkpoint, or leave the weight out of the "
+        "targets (Targets(names=..., layers=...))."
+    )
 
 
 class Snapshot:
@@ -56,24 +102,20 @@ class Snapshot:
         self._pairs: list[tuple[Tensor, Tensor]] = []  # (parameter tensor, its copy)
         self._swapped: list[tuple[nn.Parameter, Tensor]] = []
 
-    def add(self, params: Sequence[nn.Parameter], *, op: Operator | None = None,
-            refs: Sequence[WeightRef] = ()) -> list[EditStats]:
-        """Snapshot ``params`` (same shape, dtype and device); with ``op``, edit them too by
-        :meth:`Operator.apply_stacked_` (``refs`` name them, with one ``out_axes``) while the
-        stack is still in cache. Returns the edit's stats, one per parameter ([] without op)."""
+    def add(self, params: Sequence[nn.Parameter], names: Sequence[str], *,
+            op: Operator | None = None, refs: Sequence[WeightRef] = ()) -> list[EditStats]:
+        """Snapshot ``params`` (same shape, dtype and device; ``names`` name them in errors);
+        with ``op``, edit them too by :meth:`Operator.apply_stacked_` (``refs`` name them, with
+        one ``out_axes``) while the stack is still in cache. Returns the edit's stats, one per
+        parameter ([] without op). A non-finite weight is refused before anything is edited."""
         tensors = [p.detach() for p in params]
-        if self._offload:
-            p0 = tensors[0]
-            buf = torch.empty((len(tensors), *p0.shape), dtype=p0.dtype, device="cpu",
-                              pin_memory=p0.device.type == "cuda")
-            copy_all_(list(buf.unbind(0)), tensors)
-        else:
-            buf = torch.stack(tensors)
+        buf = stack_copies(tensors, offload_to_cpu=self._offload)
+        check_finite(buf, names)
         with torch.no_grad():
             if self._swap:
                 for p, fresh in zip(params, buf.unbind(0), strict=True):
-                    self._swapped.append((p, p.data))
-                    p.data = fresh
+                    self._swapped.append((p, p.data))  # noted first: restore undoes the swap
+                    set_data_(p, fresh)
                 if op is not None:  # the stack is the parameters' storage now
                     return op.apply_stacked_(buf, refs)
             else:
@@ -84,12 +126,37 @@ class Snapshot:
         return []
 
     def restore(self) -> None:
-        with torch.no_grad():
-            if self._pairs:
-                dst, src = zip(*self._pairs, strict=True)
-                copy_all_(list(dst), list(src))
-            for p, original in reversed(self._swapped):
-                p.data = original
+        """Put every snapshotted tensor back. Idempotent, so a restore that failed part-way
+        can be run again; it needs no grad mode (the copies go into detached tensors)."""
+        if self._pairs:
+            dst, src = zip(*self._pairs, strict=True)
+            copy_all_(list(dst), list(src))
+        for p, original in reversed(self._swapped):
+            set_data_(p, original)
+
+
+RESTORE_TRIES = 3
+"""How often :func:`restore_with_retries` runs a failing restore before it gives up."""
+
+
+def restore_with_retries(snapshot: Snapshot) -> list[BaseException]:
+    """Run :meth:`Snapshot.restore` until it completes; returns the errors it got on the way.
+
+    Raises :class:`RuntimeError` (from the last error) when every one of :data:`RESTORE_TRIES`
+    runs failed: the snapshot is then still whole, and restoring can be tried again later.
+    """
+    errors: list[BaseException] = []
+    for _ in range(RESTORE_TRIES):
+        try:
+            snapshot.restore()
+        except BaseException as err:  # any failure: try again, then say so
+            errors.append(err)
+        else:
+            return errors
+    raise RuntimeError(
+        f"Could not put the compressed weights back ({RESTORE_TRIES} tries; last error: "
+        f"{type(errors[-1]).__name__}: {errors[-1]})."
+    ) from errors[-1]
 
 
 def group_by_shape(params: Sequence[nn.Parameter]) -> list[list[nn.Parameter]]:

@@ -14,6 +14,7 @@ from cgc_lens.compress.layout import as_matrix, from_matrix
 from cgc_lens.compress.operators.base import EditStats, Operator, Phase, register_operator
 from cgc_lens.compress.operators.sparsity import check_fraction
 from cgc_lens.compress.targets import WeightRef
+from cgc_lens.errors import CgcLensError
 
 __all__ = ["LowRank", "low_rank_"]
 
@@ -36,6 +37,12 @@ def low_rank_(
     rank = max(1, min(full, round(rank_ratio * full)))
     if rank == full:
         return w, full
+    bad = int((~torch.isfinite(mat)).sum())
+    if bad:  # the SVD would fail with a LinAlgError deep in torch
+        raise CgcLensError(
+            f"The weight has {bad} non-finite values (inf/NaN); cgc-lens cannot factor a "
+            "non-finite weight: check the checkpoint."
+        )
     dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     u, s, vh = torch.linalg.svd(mat.to(dtype), full_matrices=False)
     approx = (u[:, :rank] * s[:rank]) @ vh[:rank]

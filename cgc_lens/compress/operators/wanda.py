@@ -129,6 +129,12 @@ class WandaPrune(Operator):
                 "WandaPrune needs input norms: use WandaPrune(s).calibrate(model, tokens) "
                 "(or Plan.calibrate) on calibration tokens before applying it."
             )
+        if self.input_norms.n_tokens < 1:
+            raise CgcLensError(
+                f"WandaPrune's input norms were collected over {self.input_norms.n_tokens} "
+                "tokens; calibrate on at least one token: "
+                "WandaPrune(s).calibrate(model, tokens) with non-empty tokens."
+            )
         for ref in refs:
             self.input_norms.for_weight(ref.layer, ref.name)  # raises if missing
 
