@@ -6,8 +6,7 @@ in the subpackages (``data``, ``forward``, ``saes``, ``compress``, ``analysis``,
 ``plots``, ``io``); docs/architecture.md draws them.
 """
 
-from cgc_lens.analysis import capability_density
-from cgc_lens.analysis.allocation import Allocation, cgc_f, cgc_l, inverted, uniform
+from cgc_lens.analysis import Allocation, capability_density, cgc_f, cgc_l, inverted, uniform
 from cgc_lens.compress import (
     RTN,
     HeadPrune,

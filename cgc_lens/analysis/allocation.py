@@ -12,8 +12,7 @@ pruning), spent so that Σ_c ξ_c |θ_c| = ρ |θ|. Readings (docs/methods_capab
 - **Inverted** runs CGC-L on the mirrored map δ' = max δ + min δ − δ (ranks reversed, same range).
 - **CGC-F** (:func:`cgc_lens.analysis.evolution.cgc_f`) is EvoPress's (1 + λ) evolutionary
   search with multi-stage selection, on a uniform grid of retention levels, with budget-neutral
-  level switches under the ceilings. It lives in :mod:`cgc_lens.analysis.evolution`; its names
-  still resolve from this module (module ``__getattr__``), for code that imports them from here.
+  level switches under the ceilings. It lives in :mod:`cgc_lens.analysis.evolution`.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 _TOL = 1e-9
-_MOVED = frozenset({"EvoConfig", "Fitness", "SearchResult", "cgc_f", "snap_to_levels"})
 
 
 def _frozen(x: np.ndarray) -> np.ndarray:
@@ -280,12 +278,3 @@ def inverted(
     """
     d = _density_array(density)
     return cgc_l(d.max() + d.min() - d, sizes, rho, **ceilings, method="inverted")
-
-
-def __getattr__(name: str) -> object:
-    """The CGC-F names, moved to :mod:`cgc_lens.analysis.evolution`, still resolve here."""
-    if name in _MOVED:
-        from cgc_lens.analysis import evolution  # imported on use: evolution imports this module
-
-        return getattr(evolution, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -120,11 +120,12 @@ def check(span: str) -> str | None:
             return None
         if head == "cgc_lens" or head in LIBRARIES:
             return None if resolve_import(dotted) else f"cannot import {dotted}"
-        # `metrics.token_nll` names a module by its last part (cgc_lens.forward.metrics).
+        # `metrics.token_nll` names a module by its last part (cgc_lens.forward.metrics) when
+        # that part is unique; `result.r` (three studies have a `result` module) is an instance.
         owners = [m for m in modules() if m == f"cgc_lens.{head}" or m.endswith(f".{head}")]
-        if owners:
-            ok = any(resolve_import(".".join([owner, *rest])) for owner in owners)
-            return None if ok else f"cannot import {head} ({owners[0]}).{'.'.join(rest)}"
+        if len(owners) == 1:
+            full = ".".join([owners[0], *rest])
+            return None if resolve_import(full) else f"cannot import {full}"
         if head[0].isupper() and head in classes():
             ok = any(resolve_class(cls, rest) for cls in classes()[head])
             return None if ok else f"{head} has no {'.'.join(rest)}"

@@ -247,10 +247,3 @@ def test_cgc_f_from_starts_keeps_a_start_that_stays_better() -> None:
         np.testing.assert_array_equal(best.allocation.retention,
                                       starts[best.origin].retention)
 
-
-def test_cgc_f_names_still_resolve_from_allocation() -> None:
-    from cgc_lens.analysis import allocation, evolution
-
-    assert allocation.cgc_f is evolution.cgc_f and allocation.EvoConfig is evolution.EvoConfig
-    with pytest.raises(AttributeError):
-        _ = allocation.no_such_name
