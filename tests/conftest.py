@@ -20,13 +20,19 @@ def _seed() -> None:
 
 def make_tiny_model(
     *, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, d_head: int = 8, d_mlp: int = 64,
-    d_vocab: int = 61, n_ctx: int = 32, act_fn: str = "gelu", gated: bool = False, seed: int = 0,
+    d_vocab: int = 61, n_ctx: int = 32, act_fn: str = "gelu", gated: bool = False,
+    seed: int | None = 0, normalization_type: str = "LN", **config: object,
 ) -> HookedTransformer:
-    """A random HookedTransformer small enough for unit tests (milliseconds per forward)."""
+    """A random HookedTransformer small enough for unit tests (milliseconds per forward).
+
+    ``config`` passes any other ``HookedTransformerConfig`` field (``dtype``, ``attn_only``,
+    ``positional_embedding_type`` …); ``seed=None`` draws the weights from the global RNG that
+    the autouse ``_seed`` fixture seeds."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_mlp=d_mlp,
-        d_vocab=d_vocab, n_ctx=n_ctx, act_fn=act_fn, normalization_type="LN", seed=seed,
+        d_vocab=d_vocab, n_ctx=n_ctx, act_fn=act_fn, normalization_type=normalization_type,
         gated_mlp=gated, model_name=f"random-tiny-{n_layers}l", device="cpu",
+        **({} if seed is None else {"seed": seed}), **config,
     )
     model = HookedTransformer(cfg)
     model.eval()

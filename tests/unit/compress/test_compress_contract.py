@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from cgc_lens.compress import (
     RTN,
@@ -24,15 +24,14 @@ from cgc_lens.compress import (
 from cgc_lens.compress.operators.sparsity import n_pruned
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
+from conftest import make_tiny_model
 
 RETENTION = {Head(0, 1): 0.25, Head(1, 0): 0.5, Head(1, 3): 0.0}
 
 
 def make_model(dtype: torch.dtype = torch.float32) -> HookedTransformer:
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32,
-                                  d_vocab=23, n_ctx=8, act_fn="gelu", normalization_type="LN",
-                                  device="cpu", dtype=dtype, seed=0)
-    return HookedTransformer(cfg).eval()
+    return make_tiny_model(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=23,
+                           n_ctx=8, dtype=dtype, seed=0)
 
 
 def tokens(model: HookedTransformer) -> torch.Tensor:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from cgc_lens.compress import Targets, WeightRef, as_matrix, from_matrix
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
+from conftest import make_tiny_model
 
 
 def model(**kw) -> HookedTransformer:
     cfg = dict(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=20, n_ctx=8,
-               act_fn="gelu", normalization_type="LN", device="cpu")
+               seed=None)
     cfg.update(kw)
-    return HookedTransformer(HookedTransformerConfig(**cfg))
+    return make_tiny_model(**cfg)
 
 
 def test_default_targets_are_block_linear_weights_only(tiny_model):
@@ -33,7 +34,7 @@ def test_default_targets_are_block_linear_weights_only(tiny_model):
 
 
 def test_gated_model_adds_w_gate_and_attn_only_has_no_mlp():
-    names = [r.name for r in Targets(layers=[1]).resolve(model(gated_mlp=True, act_fn="silu"))]
+    names = [r.name for r in Targets(layers=[1]).resolve(model(gated=True, act_fn="silu"))]
     assert names == ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_gate", "W_out"]
     assert {r.name for r in Targets().resolve(model(attn_only=True))} == {"W_Q", "W_K", "W_V",
                                                                          "W_O"}

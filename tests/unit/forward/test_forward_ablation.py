@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformer_lens import HookedTransformer
 
 from cgc_lens.analysis.importance import wanda_head_importance
 from cgc_lens.compress import HeadPrune, compressed
@@ -104,12 +104,9 @@ def test_head_means_is_the_mean_of_hook_z():
 
 @pytest.mark.parametrize("arch", ["attn_only", "parallel"])
 def test_other_block_layouts(arch):
-    cfg = HookedTransformerConfig(
-        n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=61, n_ctx=32,
-        act_fn="gelu", normalization_type="LN", attn_only=arch == "attn_only",
-        parallel_attn_mlp=arch == "parallel", positional_embedding_type="rotary",
-        rotary_dim=8, seed=0, dtype=torch.float64, device="cpu")
-    model = HookedTransformer(cfg).eval()
+    model = make_tiny_model(
+        attn_only=arch == "attn_only", parallel_attn_mlp=arch == "parallel",
+        positional_embedding_type="rotary", rotary_dim=8, dtype=torch.float64)
     tokens = _tokens(model)
     fast = head_ablation(model, tokens, progress=False)
     naive = head_ablation_naive(model, tokens, progress=False)
@@ -157,9 +154,8 @@ def test_model_untouched_and_errors(unchecked):
 
 
 def test_sandwich_norm_is_refused():
-    cfg = HookedTransformerConfig(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32,
-                                  d_vocab=11, n_ctx=8, act_fn="gelu", normalization_type="RMS",
-                                  use_normalization_before_and_after=True, device="cpu")
-    model = HookedTransformer(cfg)
+    model = make_tiny_model(n_layers=1, d_model=16, n_heads=2, d_head=8, d_mlp=32, d_vocab=11,
+                            n_ctx=8, normalization_type="RMS",
+                            use_normalization_before_and_after=True, seed=None)
     with pytest.raises(CgcLensError, match="normalises the attention output"):
         head_ablation(model, torch.randint(0, 11, (2, 8)), progress=False)

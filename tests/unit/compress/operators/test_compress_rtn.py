@@ -6,11 +6,11 @@ import einops
 import pytest
 import torch
 from torch import nn
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cgc_lens.compress import OUT_AXES, RTN, Targets, compressed, rtn_qparams, rtn_quantize
 from cgc_lens.compress.operators.rtn import rtn_quantize_, rtn_quantize_stack_
 from cgc_lens.errors import CgcLensError
+from conftest import make_tiny_model
 
 N_HEADS, D_MODEL, D_HEAD, D_MLP = 3, 20, 6, 24
 SHAPES = {
@@ -183,10 +183,9 @@ def test_large_tensors_quantized_in_pieces_equal_reference(convention):
 
 
 def test_model_rtn_matches_reference_per_tensor():
-    cfg = HookedTransformerConfig(n_layers=2, d_model=D_MODEL, n_heads=N_HEADS, d_head=D_HEAD,
-                                  d_mlp=D_MLP, d_vocab=30, n_ctx=8, act_fn="silu",
-                                  gated_mlp=True, normalization_type="RMS", device="cpu")
-    model = HookedTransformer(cfg)
+    model = make_tiny_model(n_layers=2, d_model=D_MODEL, n_heads=N_HEADS, d_head=D_HEAD,
+                            d_mlp=D_MLP, d_vocab=30, n_ctx=8, act_fn="silu", gated=True,
+                            normalization_type="RMS", seed=None)
     refs = Targets().resolve(model)
     assert {r.name for r in refs} == set(SHAPES)
     originals = {r.param: model.get_parameter(r.param).detach().clone() for r in refs}
