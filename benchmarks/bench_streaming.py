@@ -18,8 +18,8 @@ import time
 import torch
 from common import get_model
 
-from cgc_lens.sites import Site
 from cgc_lens.forward.streaming import run_sites
+from cgc_lens.sites import Site
 
 SHAPES = {  # random TransformerLens models, for when no weights are at hand
     "cgc-tiny-shapes": dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,

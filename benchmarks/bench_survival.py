@@ -96,9 +96,9 @@ def conditions():
 
 def time_sweep(args: argparse.Namespace) -> None:
     from cgc_lens.compress import compressed
+    from cgc_lens.saes import validate_sae
     from cgc_lens.saes.sparse_encoder import topk_rows
     from cgc_lens.studies.survival.passes import stream_conditions
-    from cgc_lens.saes import validate_sae
 
     label, model, sae, layer = model_and_sae(args.model, args.d_sae, args.sae_kind, args.k,
                                              args.layer)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.acceptance.golden import write_golden  # noqa: E402
+from tests.acceptance.golden import write_golden
 
 if __name__ == "__main__":
     print(f"wrote {write_golden()}")

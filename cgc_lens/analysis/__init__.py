@@ -1,5 +1,12 @@
 """Pure analyses: arrays in, dataclasses or arrays out. Nothing here touches a model."""
 
+from cgc_lens.analysis.accumulators import (
+    PearsonAccumulator,
+    ReferenceAccumulator,
+    ReferenceStats,
+    ZeroVariance,
+    merge_all,
+)
 from cgc_lens.analysis.allocation import (
     Allocation,
     cgc_l,
@@ -42,13 +49,6 @@ from cgc_lens.analysis.importance import (
     wanda_head_importance,
 )
 from cgc_lens.analysis.phase import PhaseTransition, phase_transition_point, phase_transition_points
-from cgc_lens.analysis.accumulators import (
-    PearsonAccumulator,
-    ReferenceAccumulator,
-    ReferenceStats,
-    ZeroVariance,
-    merge_all,
-)
 from cgc_lens.analysis.stability import (
     NullCheck,
     budget_sensitivity,

@@ -10,8 +10,8 @@ from plotly.subplots import make_subplots
 from scipy.stats import rankdata
 
 from cgc_lens.analysis.allocation import Allocation
-from cgc_lens.analysis.evolution import SearchResult
 from cgc_lens.analysis.density import DensityResult
+from cgc_lens.analysis.evolution import SearchResult
 from cgc_lens.analysis.importance import RankCorrelation
 from cgc_lens.errors import CgcLensError
 

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from cgc_lens.analysis.density import DensityConfig, DensityResult
-from cgc_lens.plots import density_heatmap, plot_dissociation, plot_feature_scatter, plot_taxonomy
 from cgc_lens.io.report import Report
+from cgc_lens.plots import density_heatmap, plot_dissociation, plot_feature_scatter, plot_taxonomy
 
 CHROMIUM = Path(os.environ.get("CGC_LENS_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"  # git-ignored

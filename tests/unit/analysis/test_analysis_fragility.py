@@ -12,6 +12,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from cgc_lens import CgcLensError
+from cgc_lens.analysis.accumulators import ReferenceStats
 from cgc_lens.analysis.fragility import (
     PREDICTORS,
     FragilityFeatureConfig,
@@ -21,7 +22,6 @@ from cgc_lens.analysis.fragility import (
     marginal_aucs,
     survival_by_quartile,
 )
-from cgc_lens.analysis.accumulators import ReferenceStats
 
 N_FEATURES = 400
 

@@ -4,8 +4,8 @@ import plotly.graph_objects as go
 import pytest
 
 from cgc_lens.analysis.allocation import cgc_l, uniform
-from cgc_lens.analysis.evolution import EvoConfig, cgc_f
 from cgc_lens.analysis.density import DensityResult
+from cgc_lens.analysis.evolution import EvoConfig, cgc_f
 from cgc_lens.analysis.importance import rank_correlation
 from cgc_lens.errors import CgcLensError
 from cgc_lens.plots.capability import (

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cgc_lens.analysis.evolution import EvoConfig
 from cgc_lens.analysis.density import DensityConfig
+from cgc_lens.analysis.evolution import EvoConfig
 from cgc_lens.cli import add_study_arguments
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
