@@ -6,6 +6,7 @@ move a golden number, and say in the commit which number moved and why.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -14,4 +15,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.acceptance.golden import write_golden
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     print(f"wrote {write_golden()}")
