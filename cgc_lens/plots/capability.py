@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from jaxtyping import Real
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from scipy.stats import rankdata
 
@@ -41,6 +42,42 @@ def _head_labels(shape: tuple[int, ...]) -> np.ndarray:
     return np.array([f"L{ell}H{h}" for ell, h in zip(layer, head, strict=True)])
 
 
+def _layer_colors(n_layers: int) -> list[str]:
+    """One categorical colour per layer (Plotly's 10, Dark24 beyond ten layers; cycled)."""
+    palette = qualitative.Plotly if n_layers <= len(qualitative.Plotly) else qualitative.Dark24
+    return [palette[ell % len(palette)] for ell in range(n_layers)]
+
+
+def _per_layer_scatter(
+    fig: go.Figure, x: np.ndarray, y: np.ndarray, shape: tuple[int, ...], hovertemplate: str
+) -> None:
+    """Add one marker trace per layer (``L0``, ``L1`` … in the legend, a colour each) of the
+    per-head values ``x`` and ``y`` (flattened ``[n_layers, n_heads]``, layer-major)."""
+    n_layers, n_heads = shape
+    labels = _head_labels(shape)
+    for ell, color in enumerate(_layer_colors(n_layers)):
+        part = slice(ell * n_heads, (ell + 1) * n_heads)
+        fig.add_trace(
+            go.Scatter(
+                x=x[part], y=y[part], mode="markers", name=f"L{ell}", text=labels[part],
+                marker={"color": color, "size": 9}, hovertemplate=hovertemplate,
+            )
+        )  # fmt: skip
+    fig.update_layout(legend_title_text="layer")
+
+
+def _head_grid_axes(fig: go.Figure) -> None:
+    """Integer ticks on both axes of a layer × head heatmap, every layer and head labelled,
+    layer 0 on top."""
+    fig.update_xaxes(title_text="head", tickmode="linear", tick0=0, dtick=1, showgrid=False)
+    fig.update_yaxes(title_text="layer", tickmode="linear", tick0=0, dtick=1, showgrid=False,
+                     autorange="reversed")  # fmt: skip
+
+
+_HEAD_HOVER = "L%{y}H%{x}<br>"
+"""Hover prefix of a layer × head heatmap cell: ``L3H2``."""
+
+
 def density_heatmap(result: DensityResult, *, title: str | None = None) -> go.Figure:
     """Figure 1: capability density, layer × head, hover showing β̃, H̃ and Ψ.
 
@@ -63,17 +100,15 @@ def density_heatmap(result: DensityResult, *, title: str | None = None) -> go.Fi
             customdata=custom,
             colorscale="Reds",
             colorbar={"title": "δ"},
-            hovertemplate="L%{y} H%{x}<br>δ = %{z:.4f}<br>β̃ = %{customdata[0]:.4f}"
+            xgap=1,
+            ygap=1,
+            hovertemplate=_HEAD_HOVER + "δ = %{z:.4f}<br>β̃ = %{customdata[0]:.4f}"
             "<br>H̃ = %{customdata[1]:.4f}<br>Ψ = %{customdata[2]:.4f}<extra></extra>",
         )
     )
     lo, hi = float(result.density.min()), float(result.density.max())
-    fig.update_layout(
-        title=title or f"Capability density δ (range {lo:.3f}-{hi:.3f})",
-        xaxis_title="head",
-        yaxis_title="layer",
-        yaxis={"autorange": "reversed"},
-    )
+    fig.update_layout(title=title or f"Capability density δ (range {lo:.3f}-{hi:.3f})")
+    _head_grid_axes(fig)
     return fig
 
 
@@ -84,21 +119,14 @@ def density_wanda_ranks(
     *,
     importance_name: str = "Wanda",
 ) -> go.Figure:
-    """Figure 3: density rank vs importance rank per head, coloured by layer."""
+    """Figure 3: density rank vs importance rank per head, one colour (and trace) per layer."""
     d, w = _density(density), np.asarray(importance, float)
     _same_shape(d, w, importance_name)
-    layer = np.repeat(np.arange(d.shape[0]), d.shape[1])
-    fig = go.Figure(
-        go.Scatter(
-            x=rankdata(w.ravel()),
-            y=rankdata(d.ravel()),
-            mode="markers",
-            text=_head_labels(d.shape),
-            marker={"color": layer, "colorscale": "Viridis", "colorbar": {"title": "layer"}},
-            hovertemplate="%{text}<br>" + importance_name + " rank %{x}<br>density rank %{y}"
-            "<extra></extra>",
-        )
-    )
+    fig = go.Figure()
+    _per_layer_scatter(
+        fig, rankdata(w.ravel()), rankdata(d.ravel()), d.shape,
+        "%{text}<br>" + importance_name + " rank %{x}<br>density rank %{y}<extra></extra>",
+    )  # fmt: skip
     sub = ""
     if correlation is not None:
         c = correlation
@@ -116,19 +144,16 @@ def density_vs_ablation(
     delta_ppl: Real[np.ndarray, "n_layers n_heads"],
     correlation: RankCorrelation | None = None,
 ) -> go.Figure:
-    """Figure 2: density δ vs the ΔPPL of ablating each head alone."""
+    """Figure 2: density δ vs the ΔPPL of ablating each head alone, one colour per layer."""
     d, dp = _density(density), np.asarray(delta_ppl, float)
     _same_shape(d, dp, "delta_ppl")
-    layer = np.repeat(np.arange(d.shape[0]), d.shape[1])
-    fig = go.Figure(
-        go.Scatter(
-            x=d.ravel(),
-            y=dp.ravel(),
-            mode="markers",
-            text=_head_labels(d.shape),
-            marker={"color": layer, "colorscale": "Viridis", "colorbar": {"title": "layer"}},
-            hovertemplate="%{text}<br>δ = %{x:.4f}<br>ΔPPL = %{y:.4g}<extra></extra>",
-        )
+    fig = go.Figure()
+    _per_layer_scatter(
+        fig,
+        d.ravel(),
+        dp.ravel(),
+        d.shape,
+        "%{text}<br>δ = %{x:.4f}<br>ΔPPL = %{y:.4g}<extra></extra>",
     )
     sub = (
         ""
@@ -183,27 +208,48 @@ def reallocation_map(allocation: Allocation, baseline: Allocation | None = None)
             zmin=-bound,
             zmax=bound,
             colorbar={"title": "Δ retention"},
-            hovertemplate="L%{y} H%{x}<br>Δ = %{z:+.3f}<br>retention = %{customdata[0]:.3f}"
+            xgap=1,
+            ygap=1,
+            hovertemplate=_HEAD_HOVER + "Δ = %{z:+.3f}<br>retention = %{customdata[0]:.3f}"
             "<br>ceiling = %{customdata[1]:.3f}<extra></extra>",
         )
     )
     name = "uniform" if baseline is None else baseline.method
-    fig.update_layout(
-        title=f"{allocation.method} reallocation vs {name} (ρ = {allocation.rho:g})",
-        xaxis_title="head",
-        yaxis_title="layer",
-        yaxis={"autorange": "reversed"},
-    )
+    fig.update_layout(title=f"{allocation.method} reallocation vs {name} (ρ = {allocation.rho:g})")
+    _head_grid_axes(fig)
     return fig
 
 
-def allocation_bars(table: pd.DataFrame, *, reference: str | None = "dense") -> go.Figure:
+def _wrapped_grid(titles: list[str], max_cols: int) -> go.Figure:
+    """Subplots for ``titles``, at most ``max_cols`` a row, with room (in pixels, whatever the
+    number of rows) for two-line titles above each row and tilted tick labels below it."""
+    n_cols = min(max_cols, len(titles))
+    n_rows = -(-len(titles) // n_cols)
+    panel_px, gap_px, top_px, bottom_px = 220, 115, 110, 70
+    plot_px = n_rows * panel_px + (n_rows - 1) * gap_px
+    fig = make_subplots(
+        rows=n_rows, cols=n_cols, subplot_titles=titles, horizontal_spacing=0.22 / n_cols,
+        vertical_spacing=gap_px / plot_px if n_rows > 1 else 0.0,
+    )  # fmt: skip
+    fig.update_annotations(font_size=13)  # the subplot titles
+    fig.update_layout(height=plot_px + top_px + bottom_px,
+                      margin={"t": top_px, "b": bottom_px})  # fmt: skip
+    return fig
+
+
+def allocation_bars(
+    table: pd.DataFrame, *, reference: str | None = "dense", max_cols: int = 3
+) -> go.Figure:
     """Table 1 as bars: one panel per metric column (PPL, probe scores …), one bar per method.
+
+    Panels wrap onto a new row after ``max_cols``; a method has the same colour in every panel.
 
     Args:
         table: index = method (``dense``, ``uniform``, ``cgc_l``, ``inverted``, ``cgc_f`` …),
             columns = metrics.
-        reference: a row drawn as a dashed line in every panel instead of a bar (if present).
+        reference: a row drawn as a dashed line in every panel instead of a bar (if present);
+            its value is written under the panel's title.
+        max_cols: panels per row.
 
     Example:
         >>> t = pd.DataFrame({"ppl": [26.7, 27.6, 27.9]}, index=["dense", "uniform", "cgc_l"])
@@ -212,31 +258,33 @@ def allocation_bars(table: pd.DataFrame, *, reference: str | None = "dense") -> 
     """
     if table.empty or table.shape[1] == 0:
         raise CgcLensError("table needs at least one method row and one metric column.")
-    metrics = [str(c) for c in table.columns]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
-    bars = table.drop(index=reference) if reference in table.index else table
-    for i, metric in enumerate(table.columns, start=1):
+    has_ref = reference in table.index
+    bars = table.drop(index=reference) if has_ref else table
+    palette = qualitative.Plotly
+    colors = [palette[i % len(palette)] for i in range(len(bars))]
+    titles = [
+        f"{metric}<br><span style='font-size:11px'>dashed: {reference} "
+        f"{float(table.loc[reference, metric]):.4g}</span>" if has_ref else str(metric)
+        for metric in table.columns
+    ]  # fmt: skip
+    fig = _wrapped_grid(titles, max_cols)
+    n_cols = min(max_cols, len(titles))
+    for i, metric in enumerate(table.columns):
+        row, col = divmod(i, n_cols)
         values = bars[metric].to_numpy(dtype=float)
         fig.add_trace(
             go.Bar(
-                x=[str(m) for m in bars.index],
-                y=values,
-                name=str(metric),
-                text=[f"{v:.4g}" for v in values],
-                showlegend=False,
+                x=[str(m) for m in bars.index], y=values, name=str(metric), marker_color=colors,
+                text=[f"{v:.4g}" for v in values], showlegend=False,
+                hovertemplate="%{x}: %{y:.4g}<extra>" + str(metric) + "</extra>",
             ),
-            row=1,
-            col=i,
-        )
-        if reference in table.index:
-            fig.add_hline(
-                y=float(table.loc[reference, metric]),
-                line_dash="dash",
-                row=1,
-                col=i,
-                annotation_text=str(reference),
-            )
-    fig.update_layout(title="Compression results per allocation")
+            row=row + 1, col=col + 1,
+        )  # fmt: skip
+        if has_ref:
+            fig.add_hline(y=float(table.loc[reference, metric]), line_dash="dash",
+                          line_color="#444", row=row + 1, col=col + 1)  # fmt: skip
+    fig.update_layout(title="Compression results per allocation"
+                      + (f" (dashed line: {reference})" if has_ref else ""))  # fmt: skip
     return fig
 
 

@@ -26,6 +26,8 @@ __all__ = [
 ]
 
 _OUTCOME_COLORS = {"survived": "#2ca02c", "degraded": "#ff7f0e", "damaged": "#d62728"}
+_R_COLOR, _PPL_COLOR = "#1f77b4", "#d62728"
+"""The dissociation plot's two series (mean r, perplexity change)."""
 
 
 def _require(table: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -59,11 +61,44 @@ def plot_taxonomy(summary: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def plot_dissociation(summary: pd.DataFrame) -> go.Figure:
+def _round_ticks(values: pd.Series, n_ticks: int = 5) -> dict[str, object]:
+    """Axis settings for ticks at 0 ± multiples of a round step (1, 2, 2.5 or 5 × 10^k), about
+    ``n_ticks`` of them over ``values``; plotly's own ticks when the values span nothing."""
+    span = float(values.max() - values.min())
+    if not np.isfinite(span) or span <= 0:
+        return {"tickmode": "auto"}
+    raw = span / n_ticks
+    base = 10.0 ** np.floor(np.log10(raw))
+    step = float(base * next(m for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * base >= raw))
+    return {"tickmode": "linear", "tick0": 0.0, "dtick": step}
+
+
+def _reference_markers(fig: go.Figure, ref: pd.DataFrame, label: str) -> None:
+    """The reference row of the dissociation plot: open diamonds in the series' colours at its
+    own category ``label``, a dotted divider between it and the bit-widths."""
+    series = (
+        ("mean_corr", "mean r", _R_COLOR, False),
+        ("ppl_delta_pct", "PPL Δ%", _PPL_COLOR, True),
+    )
+    for column, name, color, secondary in series:
+        fig.add_trace(
+            go.Scatter(
+                x=[label] * len(ref), y=ref[column], mode="markers", showlegend=False,
+                name=f"{label}: {name}",
+                marker={"symbol": "diamond-open", "size": 11, "color": color},
+            ),
+            secondary_y=secondary,
+        )  # fmt: skip
+    fig.add_vline(x=0.5, line_dash="dot", line_color="gray")
+
+
+def plot_dissociation(summary: pd.DataFrame, *, reference: str | None = "reference") -> go.Figure:
     """Mean r (left axis) and perplexity change % (right axis) against bit-width (§4.3).
 
-    Rows without ``bits`` or ``ppl_delta_pct`` (e.g. pruning) are left out; points are drawn in
-    order of decreasing bits, so the x axis reads from full precision to coarse.
+    Rows without ``bits`` or ``ppl_delta_pct`` (e.g. pruning) are left out. The bit-widths are
+    categories, read from full precision to coarse, so 8 → 4 bits gets the width it deserves;
+    the row named ``reference`` (the survival study's null condition, at the model's own
+    precision) is drawn apart at the left, behind a dotted divider, not joined to the lines.
 
     Example:
         >>> table = pd.DataFrame({"bits": [16, 8, 6], "mean_corr": [1.0, 0.98, 0.89],
@@ -73,23 +108,59 @@ def plot_dissociation(summary: pd.DataFrame) -> go.Figure:
     """
     _require(summary, ["bits", "mean_corr", "ppl_delta_pct"], "plot_dissociation")
     rows = summary.dropna(subset=["bits", "ppl_delta_pct"]).sort_values("bits", ascending=False)
+    named = "name" in rows.columns and reference is not None
+    is_ref = rows["name"] == reference if named else pd.Series(False, index=rows.index)
+    ref, rows = rows[is_ref], rows[~is_ref]
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     fig.add_trace(
-        go.Scatter(x=rows["bits"], y=rows["mean_corr"], name="mean r", mode="lines+markers"),
+        go.Scatter(
+            x=rows["bits"], y=rows["mean_corr"], name="mean r", mode="lines+markers",
+            line={"color": _R_COLOR},
+        ),
         secondary_y=False,
-    )
+    )  # fmt: skip
     fig.add_trace(
         go.Scatter(
             x=rows["bits"], y=rows["ppl_delta_pct"], name="PPL Δ%", mode="lines+markers",
-            line={"dash": "dash"},
+            line={"dash": "dash", "color": _PPL_COLOR},
         ),
         secondary_y=True,
     )  # fmt: skip
-    fig.update_xaxes(title_text="bits", autorange="reversed")
+    categories = list(rows["bits"])
+    if not ref.empty:
+        label = f"{reference} ({float(ref['bits'].iloc[0]):g} bits)"
+        categories = [label, *categories]
+        _reference_markers(fig, ref, label)
+    fig.update_xaxes(title_text="bits", type="category", categoryorder="array",
+                     categoryarray=categories)  # fmt: skip
     fig.update_yaxes(title_text="mean feature r", secondary_y=False)
-    fig.update_yaxes(title_text="perplexity change (%)", secondary_y=True)
+    ppl = pd.concat([rows["ppl_delta_pct"], ref["ppl_delta_pct"], pd.Series([0.0])])
+    fig.update_yaxes(title_text="perplexity change (%)", secondary_y=True, showgrid=False,
+                     **_round_ticks(ppl))  # fmt: skip
     fig.update_layout(title="Feature fidelity and perplexity against bit-width")
     return fig
+
+
+def _padded_range(values: np.ndarray) -> list[float]:
+    """``[min, max]`` of ``values`` widened by 3 % of the span on each side (0.005 at least)."""
+    lo, hi = float(values.min()), float(values.max())
+    pad = max(0.03 * (hi - lo), 0.005)
+    return [lo - pad, hi + pad]
+
+
+def _threshold_lines(
+    fig: go.Figure, survived: float, damaged: float | None, axis_range: list[float]
+) -> None:
+    """Dotted survived (green) and damaged (red) thresholds on both axes of the scatter; the
+    damaged one only where it falls inside ``axis_range``."""
+    lines = [(survived, f"survived ≥ {survived:g}", _OUTCOME_COLORS["survived"])]
+    if damaged is not None and axis_range[0] <= damaged <= axis_range[1]:
+        lines.append((damaged, f"damaged < {damaged:g}", _OUTCOME_COLORS["damaged"]))
+    for value, text, color in lines:
+        style = {"line_dash": "dot", "line_color": color, "line_width": 1.5}
+        fig.add_hline(y=value, annotation_text=text, annotation_position="bottom left",
+                      annotation_font_color=color, **style)  # fmt: skip
+        fig.add_vline(x=value, **style)
 
 
 def plot_feature_scatter(
@@ -99,14 +170,20 @@ def plot_feature_scatter(
     names: tuple[str, str] = ("a", "b"),
     mask: np.ndarray | None = None,
     survived: float = 0.9,
+    damaged: float | None = 0.5,
 ) -> go.Figure:
-    """Per-feature r under two conditions, with y = x and the survival threshold (App. E).
+    """Per-feature r under two conditions, with y = x and the outcome thresholds (App. E).
+
+    Both axes share one range, fitted to the drawn features (and the survival threshold) with a
+    small margin; the survived and damaged thresholds are dotted lines on both axes (the damaged
+    one only where it falls in that range).
 
     Args:
         r_a, r_b: per-feature r of the two conditions (shape ``[d_sae]``).
         names: axis labels of the two conditions.
         mask: features to draw (e.g. the active mask); default all with finite r in both.
-        survived: where to draw the survival-threshold lines.
+        survived: r at and above which a feature survived (green dotted lines).
+        damaged: r below which a feature is damaged (red dotted lines); None draws none.
 
     Example:
         >>> fig = plot_feature_scatter(np.array([0.9, 0.5]), np.array([0.8, 0.6]))
@@ -120,24 +197,28 @@ def plot_feature_scatter(
     if mask is not None:
         keep &= np.asarray(mask, dtype=bool)
     ids = np.flatnonzero(keep)
-    lo = float(min(r_a[keep].min(initial=0.0), r_b[keep].min(initial=0.0)))
+    axis_range = _padded_range(np.concatenate([r_a[keep], r_b[keep], [survived]]))
     fig = go.Figure()
     fig.add_trace(
         go.Scattergl(
             x=r_a[keep], y=r_b[keep], mode="markers", name="features", customdata=ids,
-            marker={"size": 3, "opacity": 0.5},
+            marker={"size": 4, "opacity": 0.5},
             hovertemplate="feature %{customdata}<br>%{x:.3f}, %{y:.3f}<extra></extra>",
         )
     )  # fmt: skip
     fig.add_trace(
-        go.Scatter(x=[lo, 1], y=[lo, 1], mode="lines", name="y = x", line={"color": "gray"})
-    )
-    fig.add_hline(y=survived, line_dash="dot", line_color="gray")
-    fig.add_vline(x=survived, line_dash="dot", line_color="gray")
+        go.Scatter(
+            x=axis_range, y=axis_range, mode="lines", name="y = x",
+            line={"color": "gray", "width": 1},
+        )
+    )  # fmt: skip
+    _threshold_lines(fig, survived, damaged, axis_range)
     fig.update_layout(
         xaxis_title=f"r ({names[0]})", yaxis_title=f"r ({names[1]})",
         title=f"Per-feature r: {names[0]} vs {names[1]}",
     )  # fmt: skip
+    fig.update_xaxes(range=axis_range, constrain="domain")
+    fig.update_yaxes(range=axis_range, scaleanchor="x", scaleratio=1)
     return fig
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import pytest
+from unit.plots.figure_builders import survival_summary
 
 from cgc_lens import CgcLensError
 from cgc_lens.analysis.fragility import FragilityPredictor, survival_by_quartile
-from cgc_lens.analysis.survival import decile_table, summarize_condition, summary_table
+from cgc_lens.analysis.survival import decile_table
 from cgc_lens.plots.survival import (
     plot_dissociation,
     plot_feature_scatter,
@@ -21,16 +22,7 @@ from cgc_lens.plots.survival import (
 
 @pytest.fixture
 def table():
-    rng = np.random.default_rng(0)
-    active = np.ones(50, bool)
-    rows = [summarize_condition("FP16", np.ones(50), active, tokens=10, bits=16, ppl=10.0,
-                                ppl_reference=10.0)]  # fmt: skip
-    for bits, spread in ((8, 0.02), (6, 0.2), (4, 0.5)):
-        r = np.clip(1 - rng.uniform(0, spread, 50), -1, 1)
-        rows.append(summarize_condition(f"INT{bits}", r, active, tokens=10, bits=bits,
-                                        ppl=10 + 16 - 2 * bits, ppl_reference=10.0))  # fmt: skip
-    rows.append(summarize_condition("prune", np.full(50, 0.8), active, tokens=10, sparsity=0.2))
-    return summary_table(rows)
+    return survival_summary(seed=0)
 
 
 def test_taxonomy_stacks_three_outcomes(table):
@@ -47,6 +39,23 @@ def test_dissociation_uses_two_axes_and_skips_rows_without_bits(table):
     assert [t.yaxis for t in fig.data] == ["y", "y2"]
     assert list(fig.data[0].x) == [16, 8, 6, 4]  # pruning (no bits) left out
     assert fig.layout.yaxis2.overlaying == "y"
+    assert fig.layout.xaxis.type == "category"  # 8 -> 4 bits get their share of the width
+    assert list(fig.layout.xaxis.categoryarray) == [16, 8, 6, 4]
+
+
+def test_dissociation_draws_the_reference_apart_with_round_right_ticks():
+    table = survival_summary(reference="reference", ref_bits=32)
+    fig = plot_dissociation(table)
+    assert [t.name for t in fig.data][:2] == ["mean r", "PPL Δ%"]
+    assert list(fig.data[0].x) == [8, 6, 4] and list(fig.data[1].x) == [8, 6, 4]
+    ref = [t for t in fig.data[2:]]
+    assert [t.yaxis for t in ref] == ["y", "y2"] and all(t.mode == "markers" for t in ref)
+    assert list(ref[0].x) == ["reference (32 bits)"] and list(ref[0].y) == [1.0]
+    assert list(fig.layout.xaxis.categoryarray) == ["reference (32 bits)", 8, 6, 4]
+    assert [s.x0 for s in fig.layout.shapes] == [0.5]  # the divider after the reference
+    y2 = fig.layout.yaxis2
+    assert (y2.tickmode, y2.tick0, y2.dtick) == ("linear", 0, 20)  # PPL change 0 .. 80 %
+    assert plot_dissociation(table, reference=None).data[0].x[0] == 32
 
 
 def test_feature_scatter_draws_masked_features_and_diagonal():
@@ -56,7 +65,11 @@ def test_feature_scatter_draws_masked_features_and_diagonal():
     assert [t.name for t in fig.data] == ["features", "y = x"]
     assert list(fig.data[0].x) == [0.9, 0.5] and list(fig.data[0].customdata) == [0, 1]
     assert fig.layout.xaxis.title.text == "r (rtn)"
-    assert len(fig.layout.shapes) == 2  # survival-threshold lines
+    # survived (0.9) and damaged (0.5) threshold lines, horizontal and vertical
+    lines = sorted((s.x0, s.y0) for s in fig.layout.shapes)
+    assert lines == [(0, 0.5), (0, 0.9), (0.5, 0), (0.9, 0)]
+    lo, hi = fig.layout.xaxis.range  # fitted to the drawn features, with a small margin
+    assert 0.45 < lo < 0.5 and 0.9 < hi < 0.95 and tuple(fig.layout.yaxis.range) == (lo, hi)
     with pytest.raises(CgcLensError, match="1-D of one shape"):
         plot_feature_scatter(r_a, r_b[:2])
 
@@ -85,3 +98,13 @@ def test_roc_and_quartile_figures():
     fig = plot_quartile_survival(quartiles)
     assert [t.name for t in fig.data] == ["x0", "x1"]
     assert list(fig.data[0].x) == [1, 2, 3, 4]
+
+
+def test_feature_scatter_range_fits_the_data_and_keeps_the_survival_line():
+    rng = np.random.default_rng(0)
+    r_a = rng.uniform(0.95, 1.0, 200)
+    fig = plot_feature_scatter(r_a, r_a - 0.01, survived=0.9, damaged=0.5)
+    lo, hi = fig.layout.xaxis.range
+    assert 0.88 < lo < 0.9 and 1.0 <= hi < 1.01  # the survival line in view, 0.5 not
+    assert sorted((s.x0, s.y0) for s in fig.layout.shapes) == [(0, 0.9), (0.9, 0)]
+    assert len(plot_feature_scatter(r_a, r_a, damaged=None).layout.shapes) == 2
