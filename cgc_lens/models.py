@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from cgc_lens.checks import check_device, resolve_dtype
 from cgc_lens.errors import CgcLensError, unknown_name
 
 if TYPE_CHECKING:
@@ -41,30 +42,7 @@ logger = logging.getLogger(__name__)
 ASSETS_ROOT = Path(__file__).parent / "assets"
 EMBEDDED_MODELS: tuple[str, ...] = ("cgc-tiny",)
 EOS_TOKEN = "<|endoftext|>"
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
-    "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 _EMBEDDED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """Turn ``"bfloat16"``, ``"fp16"``, ``torch.float32`` ... into a floating ``torch.dtype``.
-
-    Example:
-        >>> resolve_dtype("bf16")
-        torch.bfloat16
-        >>> resolve_dtype(None) is None
-        True
-    """
-    if dtype is None or (isinstance(dtype, torch.dtype) and dtype in _DTYPES.values()):
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in _DTYPES:
-        return _DTYPES[dtype.removeprefix("torch.")]
-    raise CgcLensError(f"Expected a floating dtype, got {dtype!r}. Valid: {sorted(_DTYPES)}.")
-
-
 def embedded_asset_dir(name: str = "cgc-tiny") -> Path:
     """The folder holding an embedded model's config, weights, tokenizer and corpus.
 
@@ -77,12 +55,25 @@ def embedded_asset_dir(name: str = "cgc-tiny") -> Path:
     return ASSETS_ROOT / name
 
 
+def _read_config_json(file: Path) -> dict[str, Any]:
+    """A model folder's ``config.json`` as a dict; a clear error when it is not one."""
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CgcLensError(f"The model config {file} is not valid JSON ({err}); restore it from "
+                           "the model's source (re-download or re-save the model).") from err
+    if not isinstance(cfg, dict):
+        raise CgcLensError(f"The model config {file} must hold a JSON object, got "
+                           f"{type(cfg).__name__}; restore it from the model's source.")
+    return cfg
+
+
 def _is_embedded_layout(path: Path) -> bool:
     """A folder in the embedded layout: HookedTransformerConfig kwargs, not a HF config."""
     config = path / "config.json"
     if not (config.is_file() and (path / "model.safetensors").is_file()):
         return False
-    cfg = json.loads(config.read_text())
+    cfg = _read_config_json(config)
     return "model_type" not in cfg and "d_model" in cfg
 
 
@@ -127,7 +118,11 @@ def _official_name(name: str) -> str | None:
 def _unknown_model(name: str) -> CgcLensError:
     from transformer_lens import loading_from_pretrained as loading
 
-    if Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return CgcLensError(f"Expected a model directory, got the file {name!r}; pass the folder "
+                            f"holding it ({str(path.parent)!r}) with config.json and the weights.")
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
         return CgcLensError(f"Expected an existing model directory, got {name!r} (no such path).")
     aliases = [a for names in loading.MODEL_ALIASES.values() for a in names]
     err = unknown_name("model", name, [*EMBEDDED_MODELS, *loading.OFFICIAL_MODEL_NAMES, *aliases])
@@ -189,7 +184,7 @@ def _embedded_config(path: Path, **overrides: Any) -> HookedTransformerConfig:
     dropped), with ``overrides``."""
     from transformer_lens import HookedTransformerConfig
 
-    kwargs = json.loads((_require_embedded(path) / "config.json").read_text())
+    kwargs = _read_config_json(_require_embedded(path) / "config.json")
     kwargs.pop("device", None)
     try:
         return HookedTransformerConfig(**{**kwargs, **overrides})
@@ -200,13 +195,12 @@ def _embedded_config(path: Path, **overrides: Any) -> HookedTransformerConfig:
 def _load_embedded(
     path: Path, name: str, device: Any, dtype: torch.dtype | None, processing: bool
 ) -> HookedTransformer:
-    from safetensors.torch import load_file
     from transformer_lens import HookedTransformer
 
     cfg = _embedded_config(path, dtype=dtype or torch.float32,
                            **({"device": str(device)} if device is not None else {}))
     model = HookedTransformer(cfg, tokenizer=_wrap_tokenizer(path / "tokenizer.json", name))
-    state = load_file(str(path / "model.safetensors"), device="cpu")
+    state = _load_safetensors(path / "model.safetensors")
     # The attention masks (`mask`, `IGNORE`) are buffers the constructor rebuilds; every
     # parameter must come from the file.
     try:
@@ -226,6 +220,19 @@ def _load_embedded(
             fold_value_biases=True,
         )
     return model
+
+
+def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a clear error when it is truncated or corrupt."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(file), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CgcLensError(f"The weights file {file} ({file.stat().st_size} bytes) cannot be read: "
+                           f"{err}. It is truncated or corrupt: copy or download it again (the "
+                           "embedded model: reinstall cgc-lens).") from err
 
 
 def _load_hf_dir(
@@ -297,6 +304,7 @@ def load_model(
         cgc_lens.errors.CgcLensError: Unknown model 'gtp2-medium'. Closest: [...'gpt2-medium'...
     """
     torch_dtype = resolve_dtype(dtype)
+    check_device(device)
     name = str(name_or_path)
     path = Path(name).expanduser()
     if name in EMBEDDED_MODELS:

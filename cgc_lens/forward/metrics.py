@@ -134,16 +134,28 @@ class PerplexityResult:
         return math.exp(self.mean_nll)
 
 
-def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int) -> None:
+def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int, *,
+                  window: int | None = None) -> None:
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and width > n_ctx:
+        if window is not None:
+            bos = width - min(window, tokens.shape[1])
+            raise CgcLensError(f"Expected a sliding window of at most n_ctx={n_ctx} tokens (bos "
+                               f"included), got window={window}{' + 1 bos' if bos else ''}; "
+                               f"pass window <= {n_ctx - bos}.")
         raise CgcLensError(f"Expected inputs of at most n_ctx={n_ctx} tokens (bos included), got "
                            f"{width}; use shorter blocks or a sliding window.")
     check_token_ids(model, tokens)
 
 
 def check_token_ids(model: HookedTransformer, tokens: Tensor) -> None:
-    """Raise unless every id in ``tokens`` is in ``[0, d_vocab)``."""
+    """Raise unless ``tokens`` is an integer tensor with every id in ``[0, d_vocab)``.
+
+    Float or bool ids are refused rather than truncated (``2.7`` would silently read token 2).
+    """
+    if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+        raise CgcLensError(f"Expected integer token ids, got dtype {tokens.dtype}; token ids are "
+                           "never fractional: pass a torch.long tensor (tokenizer output).")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= model.cfg.d_vocab):
         raise CgcLensError(f"Expected token ids in [0, d_vocab={model.cfg.d_vocab}), got "
                            f"[{int(tokens.min())}, {int(tokens.max())}].")
@@ -192,18 +204,38 @@ def perplexity_result(
     if (window is None) != (stride is None):
         raise CgcLensError(f"Expected window and stride together (sliding) or neither (chunked), "
                            f"got window={window}, stride={stride}.")
+    if window is not None and not all(isinstance(v, int) and not isinstance(v, bool)
+                                      for v in (window, stride)):
+        raise CgcLensError(f"Expected int window and stride, got window={window!r}, "
+                           f"stride={stride!r}.")
+    if window is not None and not 1 <= stride <= window:  # type: ignore[operator]
+        raise CgcLensError(f"Expected 1 <= stride <= window={window}, got stride={stride}; "
+                           "stride is how many new tokens each window scores (window // 4 is "
+                           "usual).")
     rows = _token_rows(tokens, chunked=window is None)
     bos = bos_token_id(model) if prepend_bos else None
     width = window if window is not None else rows.shape[1]
-    _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None))
+    _check_tokens(model, rows, min(width, rows.shape[1]) + (bos is not None), window=window)
     # chunked is the sliding protocol with one window per row
     windows = sliding_windows(rows.shape[1], window=width, stride=stride or width,
                               prepend_bos=prepend_bos)
     nll_sum, n_tokens = _scored_nll(model, rows, _window_batches(rows, windows, batch_size),
                                     bos=bos, progress=progress)
+    if not torch.isfinite(nll_sum):
+        raise _non_finite_loss(model, float(nll_sum))
     return PerplexityResult(nll_sum=float(nll_sum), n_tokens=n_tokens,
                             protocol="chunked" if window is None else "sliding",
                             window=window, stride=stride)
+
+
+def _non_finite_loss(model: HookedTransformer, nll_sum: float) -> CgcLensError:
+    """The error for a perplexity whose summed NLL is NaN or inf, naming non-finite weights."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    cause = (f"non-finite weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}" if bad
+             else "all weights are finite, so the activations overflow (try float32)")
+    return CgcLensError(f"Perplexity is undefined: the summed NLL is {nll_sum} because the "
+                        f"model's logits are NaN or inf ({cause}). Restore or reload the weights "
+                        "(cgc_lens.checks.check_finite_weights names them) before evaluating.")
 
 
 def _token_rows(

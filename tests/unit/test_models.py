@@ -192,3 +192,45 @@ def test_model_shape_by_name_reads_only_the_config(tmp_path, monkeypatch):
         load_model_shape("gpt2-medium")
     with pytest.raises(CgcLensError, match="Unknown model 'gtp2'"):
         load_model_shape("gtp2")
+
+
+def _corrupt_config(folder: Path) -> str:
+    (folder / "config.json").write_text('{"d_model": 32, "n_layers": ')
+    return r"config .*config\.json is not valid JSON.*restore it from the model's source"
+
+
+def _truncate_weights(folder: Path) -> str:
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return r"weights file .*model\.safetensors \(\d+ bytes\) cannot be read.*truncated or corrupt"
+
+
+def _config_not_an_object(folder: Path) -> str:
+    (folder / "config.json").write_text("[1, 2]")
+    return r"config\.json must hold a JSON object, got list"
+
+
+@pytest.mark.parametrize("spoil", [_corrupt_config, _truncate_weights, _config_not_an_object])
+def test_corrupt_model_files_are_refused_naming_the_file(tmp_path, spoil):
+    write_fake_embedded(tmp_path / "mine")
+    match = spoil(tmp_path / "mine")
+    with pytest.raises(CgcLensError, match=match):
+        load_model(tmp_path / "mine", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json"])
+def test_load_model_on_an_existing_file_names_the_folder_to_pass(tmp_path, name):
+    write_fake_embedded(tmp_path / "mine")
+    with pytest.raises(CgcLensError, match=rf"model directory, got the file .*{name}.*pass the "
+                                           rf"folder holding it \('.*mine'\)"):
+        load_model(tmp_path / "mine" / name, device="cpu")
+
+
+@pytest.mark.parametrize(("device", "match"), [
+    ("tpu:0", r"Unknown device 'tpu:0'. Expected one of \['cpu', 'cuda', 'mps', 'meta'\]"),
+    ("cuda:x", r"Unknown device 'cuda:x'.*with an index \('cuda:1'\)"),
+    ("cuda:99", r"Device 'cuda:99' is not available: this machine has .*Pass device='cpu'"),
+])
+def test_bad_devices_are_refused_before_loading(fake_assets, device, match):
+    with pytest.raises(CgcLensError, match=match):
+        load_model("cgc-tiny", device=device)
