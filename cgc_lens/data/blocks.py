@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -154,6 +155,7 @@ def token_blocks(
         >>> tuple(blocks.tokens.shape), len(blocks.categories)
         ((8, 64), 8)
     """
+    _check_ints(block_len=block_len, n_blocks=n_blocks, seed=seed)
     corpus = _corpus(corpus, split)
     tok, n_ctx = _tokenizer(tokenizer)
     if block_len < 2:
@@ -168,8 +170,9 @@ def token_blocks(
     if n_blocks is None:
         index = torch.arange(total)
     elif not 1 <= n_blocks <= total:
-        raise CgcLensError(f"Expected 1 <= n_blocks <= {total} (blocks of {block_len} in "
-                           f"{len(stream)} tokens), got {n_blocks}.")
+        raise CgcLensError(f"Expected 1 <= n_blocks <= {total} (blocks of {block_len} in the "
+                           f"{len(stream)} tokens of {len(corpus.documents)} documents of "
+                           f"{corpus.name!r} split {corpus.split!r}), got {n_blocks}.")
     else:
         perm = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
         index = perm[:n_blocks].sort().values
@@ -181,6 +184,18 @@ def token_blocks(
         tokens=stream[positions], categories=tuple(names[c] for c in counts.argmax(1).tolist()),
         starts=starts, source=corpus.name, split=corpus.split, seed=seed, stream_len=len(stream),
     )
+
+
+def _check_ints(**values: int | None) -> None:
+    """Refuse a block length, block count or seed that is not an int (``64.5``, ``'abc'``)."""
+    for name, value in values.items():
+        if value is not None and (not isinstance(value, Integral) or isinstance(value, bool)):
+            raise CgcLensError(f"Expected {name} to be an int, got {value!r} "
+                               f"({type(value).__name__}); pass a whole number such as "
+                               f"{name}={_EXAMPLES[name]}.")
+
+
+_EXAMPLES = {"block_len": 128, "n_blocks": 64, "seed": 0}
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,24 @@ def _read_records(path: Path) -> list[dict[str, Any]]:
     if suffix.startswith(".jsonl"):
         opener = _OPENERS.get(path.suffix, open)
         with opener(path, "rt", encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [_json_record(line, path, i) for i, line in enumerate(f, 1) if line.strip()]
     return [{"text": path.read_text(encoding="utf-8"), "id": path.as_posix()}]
+
+
+def _json_record(line: str, path: Path, number: int) -> dict[str, Any]:
+    """One ``.jsonl`` line as a record; a clear error naming the file and line otherwise."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise CgcLensError(f"{path}, line {number}: not valid JSON ({err.msg} at column "
+                           f"{err.colno}): {line.strip()[:80]!r}. Each line of a .jsonl file is "
+                           'one JSON object such as {"text": "..."}; fix or delete that line.'
+                           ) from err
+    if not isinstance(record, dict):
+        raise CgcLensError(f"{path}, line {number}: expected a JSON object such as "
+                           f'{{"text": "..."}}, got {type(record).__name__} '
+                           f"{line.strip()[:80]!r}; fix or delete that line.")
+    return record
 
 
 def local_documents(
