@@ -156,6 +156,8 @@ def token_blocks(
         ((8, 64), 8)
     """
     _check_ints(block_len=block_len, n_blocks=n_blocks, seed=seed)
+    block_len, seed = int(block_len), int(seed)  # numpy ints too
+    n_blocks = None if n_blocks is None else int(n_blocks)
     corpus = _corpus(corpus, split)
     tok, n_ctx = _tokenizer(tokenizer)
     if block_len < 2:
