@@ -23,7 +23,10 @@ if TYPE_CHECKING:
     import torch
     from sae_lens import SAE
 
-__all__ = ["EMBEDDED_SAE_DIRS", "embedded_sae_ids", "load_batched_sae", "load_sae"]
+__all__ = [
+    "EMBEDDED_SAE_DIRS", "SAE_DTYPES", "check_sae_dtype", "embedded_sae_ids", "load_batched_sae",
+    "load_sae",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +39,36 @@ _SAELENS_CFG, _SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
+def _read_json(file: Path) -> dict:
+    """An SAE config file as a dict; a clear error naming the file when it is not one."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CgcLensError(f"The SAE config {file} is not valid JSON ({err}); restore it from "
+                           "the SAE's source or save the SAE again.") from err
+    if not isinstance(data, dict):
+        raise CgcLensError(f"The SAE config {file} must hold a JSON object, got "
+                           f"{type(data).__name__}; restore it from the SAE's source.")
+    return data
+
+
 def _is_saelens_folder(path: Path) -> bool:
     return (path / _SAELENS_CFG).is_file() and (path / _SAELENS_WEIGHTS).is_file()
 
 
 def _is_batched_folder(path: Path) -> bool:
     cfg = path / CONFIG_FILE
-    return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
+    return cfg.is_file() and _read_json(cfg).get("format") == FORMAT
 
 
 def _folder_ids(path: Path) -> dict[str, int | None]:
     """SAE ids inside one folder: its hook name (SAELens) or its site keys (batched)."""
     if _is_saelens_folder(path):
-        meta = json.loads((path / _SAELENS_CFG).read_text()).get("metadata", {})
+        meta = _read_json(path / _SAELENS_CFG).get("metadata", {})
         hook, head = meta.get("hook_name"), meta.get("hook_head_index")
         return {hook if head is None else f"{hook}[{head}]": None}
     if _is_batched_folder(path):
-        sites = json.loads((path / CONFIG_FILE).read_text())["sites"]
+        sites = _read_json(path / CONFIG_FILE)["sites"]
         return {Site(kind, layer, head).key: i for i, (kind, layer, head) in enumerate(sites)}
     return {}
 
@@ -79,11 +95,47 @@ def embedded_sae_ids(release: str = "cgc-tiny") -> dict[str, tuple[Path, int | N
     return ids
 
 
-def _load_folder(path: Path, sae_id: str | None, device: str, dtype: str) -> SAE:
-    from sae_lens import SAE
+SAE_DTYPES = ("float32", "float64", "float16", "bfloat16")
+"""The dtypes an SAE may be loaded in (SAELens's; ``torch.`` prefixes accepted)."""
 
-    if _is_saelens_folder(path):
+
+def check_sae_dtype(dtype: str) -> None:
+    """Raise unless ``dtype`` is one of :data:`SAE_DTYPES` (a typo gets the closest names).
+
+    Example:
+        >>> check_sae_dtype("flaot32")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        cgc_lens.errors.CgcLensError: Unknown SAE dtype 'flaot32'. Closest: ['float32'...
+    """
+    if not isinstance(dtype, str) or dtype.removeprefix("torch.") not in SAE_DTYPES:
+        raise unknown_name("SAE dtype", dtype, SAE_DTYPES)
+
+
+def _load_saelens_folder(path: Path, device: str, dtype: str) -> SAE:
+    """``SAE.load_from_disk``, its failures on a spoilt folder turned into a clear error."""
+    from sae_lens import SAE
+    from safetensors import SafetensorError
+
+    try:
         return SAE.load_from_disk(path, device=device, dtype=dtype)
+    except json.JSONDecodeError as err:
+        raise CgcLensError(f"The SAE config {path / _SAELENS_CFG} is not valid JSON ({err}); "
+                           "restore it from the SAE's source.") from err
+    except SafetensorError as err:
+        raise CgcLensError(f"The SAE weights {path / _SAELENS_WEIGHTS} cannot be read ({err}): "
+                           "truncated or corrupt; copy or download them again.") from err
+    except (RuntimeError, KeyError, TypeError, ValueError) as err:
+        raise CgcLensError(
+            f"The SAE in {path} does not load: its {_SAELENS_CFG} does not fit its "
+            f"{_SAELENS_WEIGHTS} ({type(err).__name__}: {' '.join(str(err).split())[:400]}). "
+            f"Fix d_in / d_sae / architecture in {path / _SAELENS_CFG} to the weights' shapes, "
+            "or save the SAE again with sae.save_model(folder)."
+        ) from err
+
+
+def _load_folder(path: Path, sae_id: str | None, device: str, dtype: str) -> SAE:
+    if _is_saelens_folder(path):
+        return _load_saelens_folder(path, device, dtype)
     if _is_batched_folder(path):
         batched = BatchedTopKSAE.load(path, device=device)
         if sae_id is None:
@@ -148,6 +200,7 @@ def load_sae(
         ...     print(str(err).split("Closest: ")[1][:31])
         ['layer_12/width_16k/canonical'
     """
+    check_sae_dtype(dtype)
     name = str(release_or_path)
     path = Path(release_or_path)
     if name not in EMBEDDED_SAE_DIRS and path.is_dir():
