@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
     from transformers import PreTrainedTokenizerBase
 
-__all__ = ["TokenBlocks", "Window", "sliding_windows", "token_blocks", "token_stream"]
+__all__ = [
+    "TokenBlocks", "Window", "draw_blocks", "sliding_windows", "token_blocks", "token_stream",
+]
 
 
 def _tokenizer(
@@ -186,6 +188,28 @@ def token_blocks(
         tokens=stream[positions], categories=tuple(names[c] for c in counts.argmax(1).tolist()),
         starts=starts, source=corpus.name, split=corpus.split, seed=seed, stream_len=len(stream),
     )
+
+
+def draw_blocks(
+    corpus: Corpus, tokenizer: PreTrainedTokenizerBase | HookedTransformer, *, block_len: int,
+    n_blocks: int, seed: int, max_documents: int | None, asked: str,
+) -> TokenBlocks:
+    """:func:`token_blocks` of a corpus cut to ``max_documents``, failing with an error that
+    names ``max_documents`` (and ``asked``: what the blocks are for) when the cut corpus holds
+    too few blocks. The blocks are those of :func:`token_blocks` with the same arguments."""
+    try:
+        return token_blocks(corpus, tokenizer, block_len=block_len, n_blocks=n_blocks, seed=seed)
+    except CgcLensError as err:
+        if max_documents is None:
+            raise
+        have = len(token_stream(corpus, tokenizer)) // block_len
+        if have >= n_blocks:
+            raise
+        raise CgcLensError(
+            f"max_documents={max_documents} keeps {len(corpus.documents)} documents of "
+            f"{corpus.name!r} split {corpus.split!r}: {have} blocks of {block_len} tokens, but "
+            f"{asked} need {n_blocks}. Raise max_documents (or leave it unset), or ask for "
+            "fewer tokens.") from err
 
 
 def _check_ints(**values: int | None) -> None:

@@ -15,6 +15,7 @@ from cgc_lens.adaptive.compressor import CompressorConfig
 from cgc_lens.adaptive.diagnostics import CollapseThresholds
 from cgc_lens.adaptive.train import AdaptiveTrainConfig
 from cgc_lens.analysis.probing import ProbingConfig
+from cgc_lens.checks import check_device_name
 from cgc_lens.errors import CgcLensError
 from cgc_lens.io.configs import config_from_dict, config_to_dict, read_config
 
@@ -76,6 +77,14 @@ class AdaptiveStudyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < (2 if name == "block_len" else 1):
                 raise CgcLensError(f"{name} must be a positive int, got {value!r}.")
+        for name in ("model", "corpus"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise CgcLensError(f"{name} must be a non-empty string, got "
+                                   f"{getattr(self, name)!r}.")
+        for name in ("save_weights", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise CgcLensError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        check_device_name(self.device)
         for name, cls in NESTED.items():
             if not isinstance(getattr(self, name), cls):
                 raise CgcLensError(f"{name} must be a {cls.__name__}, got "

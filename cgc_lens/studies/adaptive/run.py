@@ -21,6 +21,7 @@ from cgc_lens.adaptive.data import StudyData, study_data
 from cgc_lens.adaptive.diagnostics import Diagnostic, collapse_diagnostics
 from cgc_lens.adaptive.evaluate import evaluate_methods
 from cgc_lens.adaptive.train import train_compressors
+from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
 from cgc_lens.saes.quality import SAEQuality
@@ -78,7 +79,9 @@ def run_adaptive(
     if model is None:
         from cgc_lens.models import load_model
 
+        check_device(cfg.device)
         model = load_model(cfg.model, device=cfg.device)
+    check_finite_weights(model, what=f"the model {model.cfg.model_name!r}")
     device = next(model.parameters()).device
     sites = _sites(cfg, model)
     data = data or study_data(

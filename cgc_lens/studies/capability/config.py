@@ -7,13 +7,16 @@ docstring is its ``--help``. The steps of the study are in :mod:`.steps` and :mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.analysis.evolution import EvoConfig
-from cgc_lens.errors import CgcLensError
+from cgc_lens.checks import check_device_name
+from cgc_lens.errors import CgcLensError, unknown_name
+from cgc_lens.forward.probes import probe_names
 from cgc_lens.io.configs import config_from_dict, config_to_dict, read_config
 
 __all__ = ["CapabilityConfig"]
@@ -135,20 +138,58 @@ class CapabilityConfig:
         if len(levels) < 2 or len(set(levels)) != len(levels) or not all(
                 0 <= r < 1 for r in levels):
             raise bad("survival_retentions", ">= 2 distinct levels in [0, 1)")
-        if not 0 <= self.floor <= 1 or not 0 <= self.rho_min <= self.rho_max <= 1:
-            raise bad("floor", "floor in [0, 1] and 0 <= rho_min <= rho_max <= 1")
+        self._check_allocation(bad)
         choices = {"consistency_categories": ("auto", "corpus", "block"),
                    "ablation_mode": ("zero", "mean"), "survival_pruning": ("magnitude", "random"),
                    "ptp_method": ("kneedle", "curvature")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise bad(name, f"one of {valid}")
-        if not isinstance(self.density, DensityConfig) or not isinstance(self.evo, EvoConfig):
-            raise CgcLensError("CapabilityConfig.density / .evo must be DensityConfig / EvoConfig.")
+        for name, cls in (("density", DensityConfig), ("evo", EvoConfig)):
+            if not isinstance(getattr(self, name), cls):  # JSON: from_dict builds them
+                raise bad(name, f"a {cls.__name__} (from_dict builds one from a JSON object)")
+        self._check_kinds(bad)
         object.__setattr__(self, "probes", tuple(self.probes))
         object.__setattr__(self, "survival_retentions", tuple(float(r) for r in levels))
         if self.categories is not None:
             object.__setattr__(self, "categories", tuple(self.categories))
+
+    def _check_allocation(self, bad: Callable[[str, str], CgcLensError]) -> None:
+        """Def 5's ceilings and the floor, each named in its own error."""
+        for name in ("floor", "rho_min", "rho_max"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise bad(name, "a retention in [0, 1]")
+        if self.rho_min > self.rho_max:
+            raise CgcLensError(f"CapabilityConfig.rho_min={self.rho_min!r} is above "
+                               f"rho_max={self.rho_max!r}: the ceiling of a density-0 head must "
+                               "not exceed that of a density-1 head; swap them or lower rho_min.")
+        if not self.ceiling_gamma > 0:
+            raise bad("ceiling_gamma", "a positive γ of the transfer δ^(1/γ) (1: linear, 2: "
+                      "square root)")
+
+    def _check_kinds(self, bad: Callable[[str, str], CgcLensError]) -> None:
+        """Names, flags, the seed, the device and the probes, before anything is loaded."""
+        for name in ("model", "calibration_split", "eval_split", "saes"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise bad(name, "a non-empty string")
+        for name in ("cgc_f", "survival_dppl", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "true or false")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise bad("seed", "an int")
+        if not 0 < self.survived <= 1:
+            raise bad("survived", "a correlation threshold in (0, 1]")
+        if not 0 <= self.active_rate < 1:
+            raise bad("active_rate", "a firing rate in [0, 1)")
+        check_device_name(self.device)
+        if isinstance(self.probes, str) or not all(isinstance(p, str) for p in self.probes):
+            raise bad("probes", "a list of probe names")
+        for name in self.probes:
+            if name not in probe_names():
+                raise unknown_name("probe", name, probe_names(),
+                                   where=" in CapabilityConfig.probes (register_probe adds one)")
+        if len(set(self.probes)) != len(self.probes):
+            raise bad("probes", "distinct probe names")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nested configs as dicts)."""

@@ -28,6 +28,7 @@ from cgc_lens.analysis.importance import (
     rank_correlation,
     wanda_head_importance,
 )
+from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.ablation import head_ablation
@@ -121,7 +122,10 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
                            "model, sae.")
     t0, lap = time.perf_counter(), _Laps()
     model = inputs.get("model")
-    model = model if model is not None else load_model(config.model, device=config.device)
+    if model is None:
+        check_device(config.device)
+        model = load_model(config.model, device=config.device)
+    check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
     calibration, evaluation = _token_sets(config, model, inputs.get("calibration"),
                                           inputs.get("evaluation"))
     labels = block_labels(calibration, config.consistency_categories)

@@ -20,7 +20,7 @@ from cgc_lens.analysis.evolution import cgc_f_from_starts
 from cgc_lens.analysis.importance import finite_rank_correlation
 from cgc_lens.analysis.phase import phase_transition_points
 from cgc_lens.analysis.survival import destruction
-from cgc_lens.data import TokenBlocks, load_corpus, token_blocks
+from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.prune_sweep import head_prune_sweep
 from cgc_lens.saes import BatchedSAEConfig, TrainConfig, fit_sae, load_batched_sae
@@ -57,7 +57,8 @@ def load_blocks(config: CapabilityConfig, model: HookedTransformer, split: str, 
     if n_blocks < 1:
         raise CgcLensError(f"Expected at least one block of {block_len} tokens in {split} "
                            f"tokens, got {n_tokens} tokens.")
-    return token_blocks(corpus, model, block_len=block_len, n_blocks=n_blocks, seed=seed)
+    return draw_blocks(corpus, model, block_len=block_len, n_blocks=n_blocks, seed=seed,
+                       max_documents=config.max_documents, asked=f"{split} tokens ({n_tokens})")
 
 
 def load_saes(config: CapabilityConfig, model: HookedTransformer,

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from cgc_lens.compress import RTN, MagnitudePrune, MatchResult, Plan, compressed, match_level
-from cgc_lens.data import TokenBlocks, load_corpus, token_blocks, token_stream
+from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus, token_stream
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import perplexity, perplexity_result
 from cgc_lens.saes import load_sae, validate_sae
@@ -77,6 +77,9 @@ def _as_tokens(tokens: Tensor | TokenBlocks, d_vocab: int, what: str) -> Tensor:
     if rows.ndim != 2 or rows.numel() == 0:
         raise CgcLensError(f"Expected {what} tokens [n_blocks, block_len] with at least one "
                            f"block, got shape {tuple(rows.shape)}.")
+    if rows.dtype.is_floating_point or rows.dtype.is_complex or rows.dtype == torch.bool:
+        raise CgcLensError(f"Expected integer {what} token ids, got dtype {rows.dtype}; token ids "
+                           "are never fractional: pass a torch.long tensor (tokenizer output).")
     if int(rows.min()) < 0 or int(rows.max()) >= d_vocab:
         raise CgcLensError(f"Expected {what} token ids in [0, d_vocab={d_vocab}), got "
                            f"[{int(rows.min())}, {int(rows.max())}].")
@@ -91,6 +94,10 @@ def token_sets(config: SurvivalConfig, model: HookedTransformer,
     if block_len > n_ctx:
         raise CgcLensError(f"block_len={block_len} does not fit the model's n_ctx "
                            f"{model.cfg.n_ctx}{' with a bos token' if config.prepend_bos else ''}.")
+    if config.ppl_window is not None and config.ppl_window > n_ctx:
+        raise CgcLensError(f"ppl_window={config.ppl_window} does not fit the model's n_ctx "
+                           f"{model.cfg.n_ctx}{' with a bos token' if config.prepend_bos else ''}; "
+                           f"set ppl_window <= {n_ctx}.")
     sizes = {"features": (config.split, config.tokens),
              "eval": (config.eval_split, config.eval_tokens),
              "match": (config.match_split, config.match_tokens if config.match_pruning is not None
@@ -110,8 +117,9 @@ def token_sets(config: SurvivalConfig, model: HookedTransformer,
     for split, wanted in by_split.items():
         corpus = load_corpus(config.corpus, split=split, max_documents=config.max_documents)
         total = sum(n for _, n in wanted)
-        blocks = token_blocks(corpus, model, block_len=block_len, n_blocks=total,
-                              seed=config.seed, split=split).tokens
+        blocks = draw_blocks(corpus, model, block_len=block_len, n_blocks=total,
+                             seed=config.seed, max_documents=config.max_documents,
+                             asked=" + ".join(f"{name} ({n})" for name, n in wanted)).tokens
         order = torch.randperm(total, generator=torch.Generator().manual_seed(config.seed))
         start = 0
         for name, n in wanted:  # blocks come in stream order; a seeded shuffle mixes categories

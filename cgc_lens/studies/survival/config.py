@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cgc_lens.analysis.survival import SurvivalThresholds
+from cgc_lens.checks import check_device_name, resolve_dtype
 from cgc_lens.compress import Plan
 from cgc_lens.compress.operators.rtn import check_bits
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, read_config
-from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS
+from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
 
 __all__ = ["CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "rtn_name"]
 
@@ -195,6 +196,7 @@ class SurvivalConfig:
             object.__setattr__(self, "match_pruning", int(self.match_pruning))
         elif isinstance(self.match_pruning, str) and self.match_pruning.lower() in ("", "none"):
             object.__setattr__(self, "match_pruning", None)  # `--match-pruning none`
+        self._check_kinds()
         self._check_sizes()
         self._check_conditions()
         SurvivalThresholds(active_rate=self.active_rate, survived=self.survived,
@@ -203,6 +205,29 @@ class SurvivalConfig:
                             ("flat_other", ("damaged", "undefined"))):
             if getattr(self, name) not in valid:
                 raise CgcLensError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
+
+    def _check_kinds(self) -> None:
+        """Names, flags, seeds, dtypes and the device: each field of the right kind, checked
+        before anything is loaded (a typo would otherwise fail minutes into the run)."""
+        for name in ("model", "sae", "corpus", "split", "eval_split", "match_split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise CgcLensError(f"{name} must be a non-empty string, got "
+                                   f"{getattr(self, name)!r}.")
+        for name in ("prepend_bos", "null", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise CgcLensError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        ints = {"seed": self.seed, **{f"subset_seeds[{i}]": v
+                                      for i, v in enumerate(self.subset_seeds)}}
+        for name in ("block_len", "max_documents", "ppl_window", "ppl_stride"):
+            if getattr(self, name) is not None:
+                ints[name] = getattr(self, name)
+        for name, value in ints.items():
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise CgcLensError(f"{name} must be an int, got {value!r} "
+                                   f"({type(value).__name__}).")
+        resolve_dtype(self.dtype)
+        check_sae_dtype(self.sae_dtype)
+        check_device_name(self.device)
 
     def _check_sizes(self) -> None:
         positive = {"tokens": self.tokens, "batch_size": self.batch_size,
@@ -219,7 +244,10 @@ class SurvivalConfig:
             raise CgcLensError(f"max_documents must be >= 1 or None, got {self.max_documents!r}.")
         if self.ppl_window is None and self.ppl_stride is not None:
             raise CgcLensError("ppl_stride needs ppl_window (the sliding-window width).")
-        if self.ppl_window is not None and not 1 <= (self.ppl_stride or 1) <= self.ppl_window:
+        if self.ppl_window is not None and self.ppl_window < 2:
+            raise CgcLensError(f"ppl_window must be >= 2 tokens, got {self.ppl_window!r}.")
+        if self.ppl_window is not None and self.ppl_stride is not None and \
+                not 1 <= self.ppl_stride <= self.ppl_window:
             raise CgcLensError(f"Expected 1 <= ppl_stride <= ppl_window, got "
                                f"{self.ppl_stride!r} and {self.ppl_window!r}.")
         if not (self.cache_mb >= 0 and 0 < self.match_tolerance < 1 and self.fragility_c > 0):

@@ -50,6 +50,7 @@ from cgc_lens.analysis.survival import (
     summarize_condition,
     summary_table,
 )
+from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import bos_token_id
@@ -179,7 +180,9 @@ def run_survival(
     config = SurvivalConfig() if config is None else config
     t_start = time.perf_counter()
     if model is None:
+        check_device(config.device)
         model = load_model(config.model, device=config.device, dtype=config.dtype)
+    check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
     targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
                                        "match": match_tokens})
