@@ -7,17 +7,25 @@ A results folder holds
 - ``tables/<name>.csv``: DataFrames (per-feature, per-condition, per-head tables);
 - ``arrays.safetensors``: named arrays (float64 kept as float64);
 - ``figures/<name>.html``: each plotly figure on its own page;
-- ``report.html``: everything on one self-contained page (:mod:`cgc_lens.io.report`).
+- ``report.html``: everything on one self-contained page (:mod:`cgc_lens.io.report`);
+- ``MANIFEST.json``: the size and SHA-256 of every other file, written last
+  (:mod:`cgc_lens.io.manifest`).
+
+The folder is written whole or not at all (:mod:`cgc_lens.io.staging`): into a hidden sibling
+that is renamed into place, under a lock beside it; a non-empty folder is replaced only with
+``overwrite=True`` (``--overwrite``), and then whole. :func:`read_results` refuses a folder that
+does not match its manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import io
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,10 +35,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.io.manifest import MANIFEST_FILE, check_manifest, folder_files
 from cgc_lens.io.report import write_report
+from cgc_lens.io.staging import leftovers, staged_folder
 
 __all__ = ["ResultsFolder", "read_results", "to_jsonable", "versions", "write_results"]
 
@@ -105,8 +115,28 @@ def write_results(
     figures: Mapping[str, go.Figure] | None = None,
     title: str | None = None,
     intro: str | None = None,
+    overwrite: bool = False,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a study's results folder (see the module docstring) and return its path.
+
+    Args:
+        out_dir: the folder; missing or empty unless ``overwrite``.
+        study: the study's name (``results.json``'s ``study``).
+        config: the config that made the results.
+        payload: the summary (``results.json`` beside ``config``, ``versions``, ``study``).
+        tables: DataFrames, one CSV each.
+        arrays: named arrays (``arrays.safetensors``).
+        figures: plotly figures, one HTML page each (and all on ``report.html``).
+        title: the report's title.
+        intro: the report's first paragraph.
+        overwrite: replace a non-empty ``out_dir`` whole.
+        extra: writes more files into the folder before it is sealed; called with the staging
+            folder (not ``out_dir``).
+
+    Raises:
+        CgcLensError: ``out_dir`` is a file, non-empty without ``overwrite``, or another run is
+            writing it; a payload key is reserved.
 
     Example:
         >>> import tempfile
@@ -117,30 +147,42 @@ def write_results(
         >>> back.payload["ppl"], back.config, back.arrays["r"].dtype
         (12.5, {'seed': 0}, dtype('float64'))
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     reserved = {"config", "versions", "study"} & set(payload)
     if reserved:
         raise CgcLensError(f"payload keys {sorted(reserved)} are reserved; rename them.")
     doc = {"study": study, **to_jsonable(dict(payload)), "config": to_jsonable(config),
            "versions": versions()}
+    with staged_folder(out_dir, overwrite=overwrite) as stage:
+        _write_files(stage, doc, tables or {}, arrays or {}, figures or {})
+        write_report(stage, title or f"cgc-lens {study}", figures=dict(figures or {}),
+                     tables=dict(tables or {}), config=config, versions=doc["versions"],
+                     intro=intro)
+        if extra is not None:
+            extra(stage)
+    return Path(out_dir)
+
+
+def _write_files(
+    out: Path,
+    doc: dict[str, Any],
+    tables: Mapping[str, pd.DataFrame],
+    arrays: Mapping[str, torch.Tensor | np.ndarray],
+    figures: Mapping[str, go.Figure],
+) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    for name, table in (tables or {}).items():
+    for name, table in tables.items():
         (out / "tables").mkdir(exist_ok=True)
         table.to_csv(out / "tables" / f"{name}.csv", index=False)
     if arrays:
         tensors = {k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
                    else v.detach().cpu().contiguous() for k, v in arrays.items()}
         save_file(tensors, str(out / "arrays.safetensors"))
-    for name, fig in (figures or {}).items():
+    for name, fig in figures.items():
         (out / "figures").mkdir(exist_ok=True)
         # "directory": one plotly.min.js beside the figures, read by relative path (offline;
         # inlining it would put 4.8 MB into every figure file)
         fig.write_html(out / "figures" / f"{name}.html", include_plotlyjs="directory",
                        full_html=True)
-    write_report(out, title or f"cgc-lens {study}", figures=dict(figures or {}),
-                 tables=dict(tables or {}), config=config, versions=doc["versions"], intro=intro)
-    return out
 
 
 @dataclass(frozen=True)
@@ -161,18 +203,39 @@ class ResultsFolder:
     """Arrays by name."""
 
 
+def _missing_folder(out: Path) -> CgcLensError:
+    found = leftovers(out)
+    names = ", ".join(p.name for kind in found for p in found[kind])
+    hint = (f" A save of it was interrupted ({names} beside it): the next save of {out} clears "
+            f"that, or run the study again." if names else "")
+    return CgcLensError(f"No results.json in {out}: expected a folder written by a cgc-lens "
+                        f"study (--out DIR).{hint}")
+
+
 def read_results(out_dir: str | Path) -> ResultsFolder:
-    """Read a folder written by :func:`write_results`."""
+    """Read a folder written by :func:`write_results`, checked against its manifest.
+
+    A folder written before manifests (none in it) is read as it is, with a
+    :class:`~cgc_lens.io.manifest.LegacyFolderWarning`.
+
+    Raises:
+        CgcLensError: no results folder there, or one that does not match its manifest
+            (missing, extra or changed files: an interrupted or mixed save).
+    """
     out = Path(out_dir)
-    path = out / "results.json"
-    if not path.is_file():
-        raise CgcLensError(f"No results.json in {out}: expected a folder written by a cgc-lens "
-                           f"study (--out DIR).")
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    tables = {p.stem: pd.read_csv(p) for p in sorted((out / "tables").glob("*.csv"))}
-    arrays_path = out / "arrays.safetensors"
-    arrays = ({k: v.numpy() for k, v in load_file(str(arrays_path)).items()}
-              if arrays_path.is_file() else {})
+    if not (out / "results.json").is_file() and not (out / MANIFEST_FILE).is_file():
+        raise _missing_folder(out)
+    checked = check_manifest(out)
+    if checked is None:  # no manifest: read the files as they are
+        checked = {rel: (out / rel).read_bytes() for rel in folder_files(out)}
+    if "results.json" not in checked:
+        raise _missing_folder(out)
+    doc = json.loads(checked["results.json"].decode("utf-8"))
+    tables = {rel[len("tables/"):-len(".csv")]: pd.read_csv(io.BytesIO(data))
+              for rel, data in sorted(checked.items())
+              if rel.startswith("tables/") and rel.endswith(".csv") and rel.count("/") == 1}
+    arrays = ({k: v.numpy() for k, v in load(checked["arrays.safetensors"]).items()}
+              if "arrays.safetensors" in checked else {})
     return ResultsFolder(
         study=doc.pop("study", ""), config=doc.pop("config", {}),
         versions=doc.pop("versions", {}), payload=doc, tables=tables, arrays=arrays,

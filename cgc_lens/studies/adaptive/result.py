@@ -84,8 +84,10 @@ class AdaptiveResult:
             "training": self.training,
         }
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write the results folder (JSON, tables, figures, report) and the weights."""
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the results folder (JSON, tables, figures, report, manifest) and the weights,
+        whole or not at all (:func:`cgc_lens.io.results.write_results`); ``overwrite`` replaces
+        a non-empty ``out_dir`` whole."""
         from cgc_lens.plots.adaptive import (
             plot_diagnostics,
             plot_probing,
@@ -104,14 +106,16 @@ class AdaptiveResult:
         fired = {m: {s: n for s, n in sites.items() if n} for m, sites in self.collapsed.items()}
         intro = ("AdaptiveCompress (EMA-importance residual compressor) beside a TopK SAE of the "
                  f"same width trained on the same tokens. Collapse checks that fired: {fired}.")
-        out = write_results(out_dir, study="adaptive", config=self.config,
-                            payload=self.payload(), tables=tables, figures=figures,
-                            title="cgc-lens adaptive", intro=intro)
+        return write_results(out_dir, study="adaptive", config=self.config,
+                             payload=self.payload(), tables=tables, figures=figures,
+                             title="cgc-lens adaptive", intro=intro, overwrite=overwrite,
+                             extra=self._save_weights)
+
+    def _save_weights(self, folder: Path) -> None:
         if self.config.save_weights and self.compressor is not None:
-            self.compressor.save(out / "compressor", extra={"study": "adaptive"})
+            self.compressor.save(folder / "compressor", extra={"study": "adaptive"})
         if self.config.save_weights and self.baseline is not None:
-            self.baseline.save(out / "baseline")
-        return out
+            self.baseline.save(folder / "baseline")
 
     @classmethod
     def load(cls, out_dir: str | Path) -> AdaptiveResult:

@@ -250,8 +250,10 @@ class CapabilityResult:
                 out[f"theorem1.{k}"] = np.asarray(getattr(self.theorem1, k))
         return {k: np.array(v, copy=True, order="C") for k, v in out.items()}  # no shared memory
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``results.json``, tables (heads, table1), arrays, figures (HTML) and a report."""
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write ``results.json``, tables (heads, table1), arrays, figures (HTML), a report and
+        the manifest, whole or not at all (:func:`cgc_lens.io.results.write_results`);
+        ``overwrite`` replaces a non-empty ``out_dir`` whole."""
         frame = self.table().reset_index()
         return write_results(
             out_dir, study="capability", config=self.config.to_dict(), payload=self.payload(),
@@ -260,7 +262,7 @@ class CapabilityResult:
             intro="Capability density per head (Gupta 2026, Defs 1-4), its agreement with Wanda, "
                   "single-head ablation, Uniform / CGC-L / Inverted / CGC-F allocations at "
                   f"retention {self.config.retention:g} with probes, and a direct test of "
-                  "Theorem 1.")
+                  "Theorem 1.", overwrite=overwrite)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> CapabilityResult:

@@ -220,10 +220,16 @@ class SurvivalResult:
             "info": self.info,
         }
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
         """Write the results folder: ``results.json`` (top-level ``conditions``, ``config``,
         ``versions``), ``tables/*.csv`` (``features.csv`` per feature), ``arrays.safetensors``
-        (r per condition, reference statistics, ROC curves), ``figures/*.html``, ``report.html``."""
+        (r per condition, reference statistics, ROC curves), ``figures/*.html``, ``report.html``
+        and ``MANIFEST.json``, whole or not at all (:func:`cgc_lens.io.results.write_results`).
+
+        Args:
+            out_dir: the folder; missing or empty unless ``overwrite``.
+            overwrite: replace a non-empty ``out_dir`` whole.
+        """
         arrays: dict[str, np.ndarray] = {f"r/{k}": np.asarray(v) for k, v in self.r.items()}
         arrays.update({f"reference/{k}": np.asarray(getattr(self.reference, k))
                        for k in _REF_FIELDS})
@@ -234,16 +240,26 @@ class SurvivalResult:
                  f"`{self.read_out}` through a frozen SAE ({self.info.get('d_sae')} features, "
                  f"{self.conditions[0].tokens:,} tokens). Focus condition: "
                  f"**{self.stability.condition}**.")
-        out = write_results(out_dir, study=STUDY, config=self.config.to_dict(),
-                            payload=self._payload(), tables=self.tables(), arrays=arrays,
-                            figures=self.figures(), title="cgc-lens survival audit", intro=intro)
-        # The per-feature table (d_sae rows) is kept out of report.html to keep the page light.
-        self.feature_table().to_csv(out / "tables" / "features.csv", index=False)
-        return out
+        features = self.feature_table()
+
+        def write_features(folder: Path) -> None:
+            # The per-feature table (d_sae rows) is kept out of report.html to keep it light.
+            (folder / "tables").mkdir(exist_ok=True)
+            features.to_csv(folder / "tables" / "features.csv", index=False)
+
+        return write_results(out_dir, study=STUDY, config=self.config.to_dict(),
+                             payload=self._payload(), tables=self.tables(), arrays=arrays,
+                             figures=self.figures(), title="cgc-lens survival audit", intro=intro,
+                             overwrite=overwrite, extra=write_features)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> SurvivalResult:
-        """Read a folder written by :meth:`save`."""
+        """Read a folder written by :meth:`save`.
+
+        Raises:
+            CgcLensError: not a complete survival results folder (see
+                :func:`cgc_lens.io.results.read_results`).
+        """
         folder = read_results(out_dir)
         if folder.study != STUDY:
             raise CgcLensError(f"{out_dir} holds a {folder.study!r} study, expected {STUDY!r}.")
