@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from cgc_lens.cli_docs import render_markdown
 from cgc_lens.cli_options import add_config_arguments, config_from_command_line
 
 __all__ = [
@@ -247,6 +248,11 @@ STUDIES: dict[str, StudyCommand] = {
 :func:`run_study`)."""
 
 
+def _overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out whole (default: refuse it)")
+
+
 def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Options of ``cgc-lens NAME``: one per config field (and per nested config's field),
     ``--config`` and ``--out``, in the study's layout."""
@@ -261,6 +267,7 @@ def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
             parser.add_argument("--config", default=None, help=cmd.config_help)
         elif part == "out":
             parser.add_argument("--out", type=Path, required=True, help=cmd.out_help)
+            _overwrite_argument(parser)
         else:
             for flag, dest, kind, help_text in cmd.aliases:
                 parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS,
@@ -275,10 +282,18 @@ def study_config(name: str, args: argparse.Namespace) -> Any:
 
 
 def run_study(name: str, args: argparse.Namespace) -> int:
-    """``cgc-lens NAME``: build the config, run the study, save it to ``--out``, report."""
-    cmd = STUDIES[name]
-    result = cmd.run(study_config(name, args))
-    cmd.report(result, result.save(args.out))
+    """``cgc-lens NAME``: check ``--out`` (not a file, empty unless ``--overwrite``, writable,
+    no other run writing it), build the config, run the study holding ``--out``'s lock, save
+    the result there whole, report."""
+    from cgc_lens.io import check_out_dir, folder_lock
+
+    cmd, overwrite = STUDIES[name], getattr(args, "overwrite", False)
+    check_out_dir(args.out, overwrite=overwrite)
+    config = study_config(name, args)
+    with folder_lock(args.out):
+        result = cmd.run(config)
+        out = result.save(args.out, overwrite=overwrite)
+    cmd.report(result, out)
     return 0
 
 
@@ -288,16 +303,23 @@ for _name, _cmd in STUDIES.items():
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="results folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"),
+                        help="parent of the two results folders (OUT/survival, OUT/cgc)")
+    _overwrite_argument(parser)
 
 
 def _demo(args: argparse.Namespace) -> int:
     """The main job on cgc-tiny: both studies with their defaults, one folder each."""
+    from cgc_lens.io import check_out_dir
+
+    for name in ("survival", "cgc"):  # both folders checked before either study runs
+        check_out_dir(args.out / name, overwrite=args.overwrite)
     for name in ("survival", "cgc"):
         parser = argparse.ArgumentParser(prog=f"cgc-lens {name}")
         add_study_arguments(parser, name)
         print(f"\n=== cgc-lens {name} --out {args.out / name} ===", flush=True)
-        status = run_study(name, parser.parse_args(["--out", str(args.out / name)]))
+        argv = ["--out", str(args.out / name)] + (["--overwrite"] if args.overwrite else [])
+        status = run_study(name, parser.parse_args(argv))
         if status:
             return status
     print(f"\nResults: {args.out}/survival/report.html and {args.out}/cgc/report.html")
@@ -321,62 +343,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, commands
 
 
-def _cell(text: str) -> str:
-    return " ".join(text.split()).replace("|", "\\|")
-
-
-def _option_row(action: argparse.Action, prog: str) -> str:
-    flags = ", ".join(f"`{flag}`" for flag in action.option_strings)
-    if action.choices is not None and not isinstance(action, argparse.BooleanOptionalAction):
-        value = "{" + ",".join(str(c) for c in action.choices) + "}"
-    elif action.nargs == 0:
-        value = ""
-    else:
-        value = action.metavar or action.dest.upper()
-        value = f"{value} ..." if action.nargs in ("*", "+") else value
-    # argparse expands %(default)s etc. in help strings; do the same, then '%%' becomes '%'.
-    params = {k: v for k, v in vars(action).items() if v is not argparse.SUPPRESS}
-    help_text = (action.help or "") % {**params, "prog": prog}
-    default = action.default
-    unset = default is None or default is False or default is argparse.SUPPRESS
-    if not unset and "default" not in help_text:
-        help_text = f"{help_text} (default: {default})"
-    if action.required:
-        help_text = f"**required.** {help_text}"
-    return f"| {flags} | {_cell(value)} | {_cell(help_text)} |"
-
-
 def render_cli_markdown() -> str:
     """``docs/cli.md``: every subcommand's usage and options, from the argparse parser.
 
     ``python scripts/gen_cli_docs.py`` writes it; a test fails when the file is stale.
     """
-    _, commands = build_parser()
-    lines = [
-        "# Command-line reference",
-        "",
-        "<!-- Generated by `python scripts/gen_cli_docs.py` from the argparse parser in",
-        "     cgc_lens/cli.py; do not edit by hand. -->",
-        "",
-        "`cgc-lens [-v] COMMAND ...`; `-v` / `--verbose` logs at DEBUG. The commands are thin",
-        "wrappers over the library (`cgc_lens.studies` for the three studies).",
-        "Every command takes `-h` / `--help`. The study commands (`survival`, `cgc`, `adaptive`)",
-        "have one option per field of their config dataclass; the field's docstring is the help.",
-        "A `CgcLensError` (bad input, missing weights offline) prints `cgc-lens COMMAND: error:",
-        "...` and exits with status 2.",
-        "",
-        "| command | what it does |",
-        "|---|---|",
-    ]
-    lines += [f"| [`{n}`](#cgc-lens-{n}) | {_cell(_COMMANDS[n][2])} |" for n in commands]
-    for name, sub in commands.items():
-        sub.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
-        lines += ["", f"## cgc-lens {name}", "", f"{sub.description}.", "", "```",
-                  sub.format_usage().strip(), "```", "", "| option | value | meaning |",
-                  "|---|---|---|"]
-        lines += [_option_row(a, sub.prog) for a in sub._actions if a.option_strings
-                  and a.help is not argparse.SUPPRESS]
-    return "\n".join(lines) + "\n"
+    return render_markdown(build_parser()[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -385,13 +357,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from cgc_lens.errors import CgcLensError
+    from cgc_lens.cli_guard import guarded
 
-    try:
-        return _COMMANDS[args.command][1](args)
-    except CgcLensError as exc:
-        print(f"cgc-lens {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(args.command, partial(_COMMANDS[args.command][1], args), argv=argv)
 
 
 if __name__ == "__main__":
