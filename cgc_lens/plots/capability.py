@@ -220,11 +220,17 @@ def reallocation_map(allocation: Allocation, baseline: Allocation | None = None)
     return fig
 
 
+def _grid_shape(n: int, max_cols: int) -> tuple[int, int]:
+    """Rows and columns for ``n`` panels, at most ``max_cols`` a row, rows as full as can be
+    (4 panels: 2 × 2, 7 panels with 3 a row: 3 × 3)."""
+    n_rows = -(-n // max_cols)
+    return n_rows, -(-n // n_rows)
+
+
 def _wrapped_grid(titles: list[str], max_cols: int) -> go.Figure:
     """Subplots for ``titles``, at most ``max_cols`` a row, with room (in pixels, whatever the
     number of rows) for two-line titles above each row and tilted tick labels below it."""
-    n_cols = min(max_cols, len(titles))
-    n_rows = -(-len(titles) // n_cols)
+    n_rows, n_cols = _grid_shape(len(titles), max_cols)
     panel_px, gap_px, top_px, bottom_px = 220, 115, 110, 70
     plot_px = n_rows * panel_px + (n_rows - 1) * gap_px
     fig = make_subplots(
@@ -268,7 +274,7 @@ def allocation_bars(
         for metric in table.columns
     ]  # fmt: skip
     fig = _wrapped_grid(titles, max_cols)
-    n_cols = min(max_cols, len(titles))
+    n_cols = _grid_shape(len(titles), max_cols)[1]
     for i, metric in enumerate(table.columns):
         row, col = divmod(i, n_cols)
         values = bars[metric].to_numpy(dtype=float)

@@ -105,4 +105,8 @@ def test_allocation_bars_wrap_into_rows_with_room_for_the_titles():
     assert fig.layout.height >= 3 * 200
     # the same colour for a method in every panel
     assert all(list(t.marker.color) == list(fig.data[0].marker.color) for t in fig.data)
-    assert len(allocation_bars(table, max_cols=4).layout.annotations) == 7
+    four = allocation_bars(table, max_cols=4)  # 4 + 3
+    assert len({four.layout[t.yaxis.replace("y", "yaxis")].domain[0] for t in four.data}) == 2
+    square = allocation_bars(table.iloc[:, :4])  # 4 panels, 3 a row at most: 2 x 2
+    assert len({square.layout[t.xaxis.replace("x", "xaxis")].domain[0] for t in square.data}) == 2
+    assert len({square.layout[t.yaxis.replace("y", "yaxis")].domain[0] for t in square.data}) == 2
