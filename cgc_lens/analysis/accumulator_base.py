@@ -21,7 +21,11 @@ from torch import Tensor
 
 from cgc_lens.errors import CgcLensError
 
-__all__ = ["CHUNK_ELEMENTS", "SumAccumulator"]
+__all__ = ["CHUNK_ELEMENTS", "FLAT_RTOL", "SumAccumulator"]
+
+FLAT_RTOL = 1e-10
+"""A feature is flat (zero variance) when ``Σx² − (Σx)²/n ≤ FLAT_RTOL · Σx²``: the float64 sums
+cannot resolve a smaller relative variance (see :mod:`cgc_lens.analysis.accumulators`)."""
 
 CHUNK_ELEMENTS = 1 << 24
 """float64 temporaries per update chunk: 128 MiB each, whatever d_sae."""

@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cgc_lens.analysis.accumulator_base import SumAccumulator
+from cgc_lens.analysis.accumulator_base import FLAT_RTOL, SumAccumulator
 from cgc_lens.analysis.reference_stats import ReferenceAccumulator, ReferenceStats
 from cgc_lens.errors import CgcLensError
 
@@ -52,10 +52,6 @@ __all__ = [
     "ZeroVariance",
     "merge_all",
 ]
-
-FLAT_RTOL = 1e-10
-"""A feature is flat (zero variance) when ``Σx² − (Σx)²/n ≤ FLAT_RTOL · Σx²``: the float64 sums
-cannot resolve a smaller relative variance (see the module docstring)."""
 
 _Acc = TypeVar("_Acc", bound=SumAccumulator)
 

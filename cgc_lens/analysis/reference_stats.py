@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cgc_lens.analysis.accumulator_base import SumAccumulator
+from cgc_lens.analysis.accumulator_base import FLAT_RTOL, SumAccumulator
 from cgc_lens.errors import CgcLensError
 
 __all__ = ["ReferenceAccumulator", "ReferenceStats"]
@@ -72,6 +72,27 @@ class ReferenceStats:
         """Mean activation over firing positions (0 for a feature that never fires)."""
         count = np.asarray(self.fire_count)
         return np.where(count > 0, self.sum_activation_firing / np.maximum(count, 1), 0.0)
+
+    @property
+    def constant(self) -> np.ndarray:
+        """Bool mask of the features constant over every position (zero variance to
+        :data:`~cgc_lens.analysis.accumulator_base.FLAT_RTOL`; their r is no correlation).
+
+        A feature that fires somewhere but not everywhere varies (its non-firing activations are
+        at most the threshold, its firing ones above it); one that never fires is inactive. So an
+        active constant feature fires at every position, at one value.
+
+        Example:
+            >>> s = ReferenceAccumulator(3).update(torch.tensor([[2.0, 1.0, 0.0],
+            ...                                                  [2.0, 3.0, 0.0]])).stats()
+            >>> s.constant.tolist()
+            [True, False, False]
+        """
+        count = np.asarray(self.fire_count)
+        total = np.asarray(self.sum_activation_firing, dtype=np.float64)
+        sum_sq = np.asarray(self.sum_sq_firing, dtype=np.float64)
+        var = sum_sq - total**2 / np.maximum(count, 1)
+        return (count == self.n_tokens) & (count > 0) & (var <= FLAT_RTOL * sum_sq)
 
     @property
     def second_moment_when_firing(self) -> np.ndarray:

@@ -9,6 +9,10 @@ median and percentage, which are over the ``n_active - n_undefined`` classified 
 The stability checks of §3.8 / App. B (null, token budget, random subsets, thresholds) are in
 :mod:`cgc_lens.analysis.stability`; :func:`destruction` is the taxonomy per head and pruning level
 that the capability study's Theorem 1 test reads.
+
+Over 400 lines: the taxonomy (with its constant band), Table 1 rows, the per-feature table,
+overlaps, deciles and per-head destruction all classify through :func:`classify`; splitting the
+tables off would make a second module that every caller imports for one concept.
 """
 
 from __future__ import annotations
@@ -64,6 +68,10 @@ class Outcome(IntEnum):
     """Active but r is NaN (zero variance, see ``ZeroVariance``): counted apart, never averaged."""
     INACTIVE = 4
     """Not active in the reference (Eq. 4): outside every survival statistic."""
+    CONSTANT = 5
+    """Active but constant in the reference (it fires at one value on every position, see
+    ``ReferenceStats.constant``): r is no correlation (1 when the condition keeps the value, NaN
+    otherwise), so it is counted apart (``n_constant``), never averaged or called survived."""
 
 
 def _as_r(r: object, name: str = "r") -> np.ndarray:
@@ -75,11 +83,11 @@ def _as_r(r: object, name: str = "r") -> np.ndarray:
     return arr
 
 
-def _as_mask(mask: object, d_sae: int) -> np.ndarray:
+def _as_mask(mask: object, d_sae: int, name: str = "active_mask") -> np.ndarray:
     arr = np.asarray(mask)
     if arr.dtype != bool or arr.shape != (d_sae,):
         raise CgcLensError(
-            f"active_mask must be a bool array of shape ({d_sae},), got {arr.dtype} {arr.shape}."
+            f"{name} must be a bool array of shape ({d_sae},), got {arr.dtype} {arr.shape}."
         )
     return arr
 
@@ -103,13 +111,18 @@ def classify(
     *,
     survived: float = 0.9,
     damaged: float = 0.5,
+    constant: Bool[np.ndarray, " d_sae"] | None = None,
 ) -> np.ndarray:
     """Eq. 5: per-feature :class:`Outcome` codes (int8) from r and the active mask.
 
+    ``constant`` (``ReferenceStats.constant``) marks features constant in the reference: active
+    ones are :attr:`Outcome.CONSTANT` whatever their r.
+
     Example:
-        >>> r = np.array([0.95, 0.7, 0.2, np.nan, 0.99])
-        >>> [Outcome(c).name for c in classify(r, np.array([True] * 4 + [False]))]
-        ['SURVIVED', 'DEGRADED', 'DAMAGED', 'UNDEFINED', 'INACTIVE']
+        >>> r = np.array([0.95, 0.7, 0.2, np.nan, 0.99, 1.0])
+        >>> active, flat = np.array([True] * 4 + [False, True]), np.arange(6) == 5
+        >>> [Outcome(c).name for c in classify(r, active, constant=flat)]
+        ['SURVIVED', 'DEGRADED', 'DAMAGED', 'UNDEFINED', 'INACTIVE', 'CONSTANT']
     """
     SurvivalThresholds(survived=survived, damaged=damaged)
     r = _as_r(r)
@@ -120,6 +133,8 @@ def classify(
     out[defined & (r >= survived)] = Outcome.SURVIVED
     out[defined & (r < survived) & (r >= damaged)] = Outcome.DEGRADED
     out[defined & (r < damaged)] = Outcome.DAMAGED
+    if constant is not None:
+        out[active & _as_mask(constant, r.size, "constant")] = Outcome.CONSTANT
     return out
 
 
@@ -154,6 +169,9 @@ class ConditionSummary:
     """Token positions the correlations were computed on."""
     n_undefined: int = 0
     """Active features with undefined r, left out of the statistics above."""
+    n_constant: int = 0
+    """Active features constant in the reference (:attr:`Outcome.CONSTANT`), left out of the
+    statistics above (0 when no constant mask was given)."""
     layer: int | None = None
     """Read-out layer, for the second-layer check."""
     n_features: int | None = None
@@ -176,8 +194,12 @@ def summarize_condition(
     ppl_reference: float | None = None,
     layer: int | None = None,
     thresholds: SurvivalThresholds = SurvivalThresholds(),
+    constant: Bool[np.ndarray, " d_sae"] | None = None,
 ) -> ConditionSummary:
     """One Table 1 row from per-feature r (the survival columns) and perplexities (Eq. 6).
+
+    ``constant`` (``ReferenceStats.constant``): active features constant in the reference are
+    counted in ``n_constant`` and left out of the percentages and means.
 
     Example:
         >>> r = np.array([1.0, 0.95, 0.7, 0.1])
@@ -186,8 +208,10 @@ def summarize_condition(
         >>> row.survived_pct, row.degraded_pct, row.damaged_pct, round(row.ppl_delta_pct, 6)
         (50.0, 25.0, 25.0, 10.0)
     """
-    codes = classify(r, active_mask, survived=thresholds.survived, damaged=thresholds.damaged)
+    codes = classify(r, active_mask, survived=thresholds.survived, damaged=thresholds.damaged,
+                     constant=constant)
     n_active = int(np.asarray(active_mask).sum())
+    n_constant = int((codes == Outcome.CONSTANT).sum())
     classified = codes <= Outcome.DAMAGED
     n = int(classified.sum())
     if n == 0:
@@ -205,7 +229,8 @@ def summarize_condition(
         survived_pct=100 * float((codes == Outcome.SURVIVED).sum()) / n,
         degraded_pct=100 * float((codes == Outcome.DEGRADED).sum()) / n,
         damaged_pct=100 * float((codes == Outcome.DAMAGED).sum()) / n,
-        n_active=n_active, tokens=int(tokens), n_undefined=n_active - n,
+        n_active=n_active, tokens=int(tokens), n_undefined=n_active - n - n_constant,
+        n_constant=n_constant,
         layer=layer, n_features=int(codes.size),
     )  # fmt: skip
 
@@ -224,9 +249,11 @@ def feature_table(
     *,
     survived: float = 0.9,
     damaged: float = 0.5,
+    constant: Bool[np.ndarray, " d_sae"] | None = None,
 ) -> pd.DataFrame:
     """Per-feature results, one row per feature: ``firing_rate``, ``active``, and for each
-    condition ``r[<name>]`` and ``outcome[<name>]`` (the :class:`Outcome` name).
+    condition ``r[<name>]`` and ``outcome[<name>]`` (the :class:`Outcome` name; ``CONSTANT``
+    for active features that ``constant`` marks, with a ``constant`` column).
 
     Example:
         >>> t = feature_table(np.array([0.1, 0.0]), {"int6": np.array([0.95, np.nan])},
@@ -237,9 +264,11 @@ def feature_table(
     rate = np.asarray(firing_rate, dtype=np.float64)
     table = pd.DataFrame({"firing_rate": rate, "active": _as_mask(active_mask, rate.size)})
     table.index.name = "feature"
+    if constant is not None:
+        table["constant"] = _as_mask(constant, rate.size, "constant")
     names = np.array([o.name for o in Outcome])
     for name, r in r_by_condition.items():
-        codes = classify(r, active_mask, survived=survived, damaged=damaged)
+        codes = classify(r, active_mask, survived=survived, damaged=damaged, constant=constant)
         table[f"r[{name}]"] = np.asarray(r, dtype=np.float64)
         table[f"outcome[{name}]"] = names[codes]
     return table

@@ -148,7 +148,8 @@ class SurvivalResult:
         """Per-feature results: firing rate, active, reference peak / mean, r and outcome per
         condition (one row per feature, ``feature`` = SAE feature index)."""
         table = feature_table(self.reference.firing_rate, self.r, self.active,
-                              survived=self.config.survived, damaged=self.config.damaged)
+                              survived=self.config.survived, damaged=self.config.damaged,
+                              constant=self.reference.constant)
         table.insert(2, "peak_activation", self.reference.peak_activation)
         table.insert(3, "mean_when_firing", self.reference.mean_when_firing)
         return table.reset_index()

@@ -104,7 +104,7 @@ def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condit
         rows.append(summarize_condition(
             c.name, r[c.name], active, tokens=acc.n_tokens, bits=c.bits, sparsity=c.sparsity,
             ppl=ppl.get(c.name, (None, None))[0], ppl_reference=ppl_ref, layer=layer,
-            thresholds=config.thresholds))
+            thresholds=config.thresholds, constant=ref.constant))
     return rows, r, ref, active
 
 
