@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import time
 from pathlib import Path
 
@@ -58,6 +59,12 @@ EXPECTED_OUTPUT = {
         "CgcLensError: SAE d_in=512 does not fit blocks.3.hook_resid_post on cgc-tiny",
     ],
 }
+
+
+FIGURES_AS_HTML = {"03_capability_guided_compression": "Capability density δ"}
+"""Notebooks whose figures must show outside Jupyter (an nbconvert HTML export), with the title
+their first figure starts with: each figure is also stored as text/html, with plotly.js inlined
+once in the outputs (never fetched from a CDN)."""
 
 
 def _code_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
@@ -169,3 +176,23 @@ def test_notebook_runs_offline(path: Path, tmp_path: Path, request: pytest.Fixtu
         assert expected in text, f"{path.name} no longer prints {expected!r}"
     new = sorted(str(p.relative_to(ROOT)) for p in _repo_files() - before)
     assert not new, f"running {path.name} wrote into the repository: {new}"
+    if path.stem in FIGURES_AS_HTML:
+        _assert_figures_as_html(nb, path.name, FIGURES_AS_HTML[path.stem])
+
+
+def _assert_figures_as_html(nb: nbformat.NotebookNode, name: str, first_title: str) -> None:
+    """Every plotly figure of ``nb`` also has a text/html drawing, and plotly.js is inlined."""
+    data = [o.data for c in _code_cells(nb) for o in c.outputs if "data" in o]
+    figures = [d for d in data if "application/vnd.plotly.v1+json" in d]
+    assert figures, f"{name} shows no figure"
+    title = figures[0]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]
+    assert title.startswith(first_title), f"{name}: the first figure is {title!r}"
+    html = [d["text/html"] for d in data if "text/html" in d]
+    drawn = [h for h in html if "plotly-graph-div" in h and "Plotly.newPlot" in h]
+    assert len(drawn) == len(figures), (
+        f"{name}: {len(figures)} figures but {len(drawn)} as HTML; an exported notebook would "
+        "show blanks (set plotly.io.renderers.default to 'notebook+plotly_mimetype')")
+    assert sum("* plotly.js v" in h for h in html) == 1, f"{name}: plotly.js not inlined once"
+    # plotly's notebook HTML links MathJax from a CDN (for LaTeX only; figures draw without it)
+    remote = [h for h in html if re.search(r"""src=["']https?://[^"']*plotly""", h)]
+    assert not remote, f"{name}: plotly.js would be fetched from the network"
