@@ -66,12 +66,14 @@ def _per_layer_scatter(
     fig.update_layout(legend_title_text="layer")
 
 
-def _head_grid_axes(fig: go.Figure) -> None:
+def _head_grid_axes(fig: go.Figure, n_layers: int) -> None:
     """Integer ticks on both axes of a layer × head heatmap, every layer and head labelled,
-    layer 0 on top."""
+    layer 0 on top; tall enough for a readable row per layer (20 px at least)."""
     fig.update_xaxes(title_text="head", tickmode="linear", tick0=0, dtick=1, showgrid=False)
     fig.update_yaxes(title_text="layer", tickmode="linear", tick0=0, dtick=1, showgrid=False,
                      autorange="reversed")  # fmt: skip
+    if n_layers > 14:  # plotly's default 450 px holds about 14 labelled rows
+        fig.update_layout(height=180 + 20 * n_layers)
 
 
 _HEAD_HOVER = "L%{y}H%{x}<br>"
@@ -108,7 +110,7 @@ def density_heatmap(result: DensityResult, *, title: str | None = None) -> go.Fi
     )
     lo, hi = float(result.density.min()), float(result.density.max())
     fig.update_layout(title=title or f"Capability density δ (range {lo:.3f}-{hi:.3f})")
-    _head_grid_axes(fig)
+    _head_grid_axes(fig, n_layers)
     return fig
 
 
@@ -216,7 +218,7 @@ def reallocation_map(allocation: Allocation, baseline: Allocation | None = None)
     )
     name = "uniform" if baseline is None else baseline.method
     fig.update_layout(title=f"{allocation.method} reallocation vs {name} (ρ = {allocation.rho:g})")
-    _head_grid_axes(fig)
+    _head_grid_axes(fig, n_layers)
     return fig
 
 

@@ -47,6 +47,7 @@ HEADS = {
     "reallocation_cgc_f": (4, 4),
     "reallocation_inverted": (4, 4),
     "density_heatmap_12x16": (12, 16),
+    "density_heatmap_48x16": (48, 16),
 }
 """The layer × head heatmaps and their (n_layers, n_heads)."""
 
@@ -77,6 +78,7 @@ PROBE = """() => [...document.querySelectorAll('.plotly-graph-div')].map(gd => {
 def _figures() -> dict[str, object]:
     figures = {**capability_figures(4, 4), **survival_figures()}
     figures["density_heatmap_12x16"] = density_heatmap(density_result(12, 16, seed=3))
+    figures["density_heatmap_48x16"] = density_heatmap(density_result(48, 16, seed=4))
     return figures
 
 

@@ -40,6 +40,11 @@ def test_head_heatmaps_label_every_layer_and_head_with_integers(result, draw):
         assert (axis.tickmode, axis.tick0, axis.dtick) == ("linear", 0, 1)
         assert axis.title.text == title
     assert layout.yaxis.autorange == "reversed"  # layer 0 on top
+    assert layout.height is None  # plotly's default fits 2 layers
+
+
+def test_head_heatmap_of_a_deep_model_has_a_row_per_layer():
+    assert density_heatmap(density_result(48, 16)).layout.height >= 48 * 20
 
 
 def test_rank_and_ablation_scatters(result):
