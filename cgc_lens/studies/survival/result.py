@@ -171,7 +171,7 @@ class SurvivalResult:
         if pair is not None:
             figs["feature_scatter"] = plot_feature_scatter(
                 self.r[pair[0]], self.r[pair[1]], names=pair, mask=self.active,
-                survived=self.config.survived)
+                survived=self.config.survived, damaged=self.config.damaged)
         if not self.deciles.empty:
             figs["deciles"] = plot_nonsurvival_deciles(self.deciles)
         if self.fragility is not None:
