@@ -39,8 +39,8 @@ __all__ = ["check_not_locked", "folder_lock", "holds_lock", "lock_owner", "lock_
 log = logging.getLogger(__name__)
 
 _EMPTY_LOCK_GRACE_S = 60.0
-"""A lock file without content (its writer died between creating and filling it) is stale
-after this many seconds."""
+"""Without ``flock``: a lock file without content (its writer died between creating and filling
+it) is stale after this many seconds."""
 _HELD: dict[str, list[int]] = {}
 """Lock path → [thread ident, depth, pid] of the locks this process holds."""
 _HELD_GUARD = threading.Lock()
@@ -113,7 +113,10 @@ def lock_owner(out: str | Path) -> dict[str, Any] | None:
 
 
 def _is_stale(owner: dict[str, Any], path: Path) -> bool:
-    if not owner:
+    """Called holding the file's ``flock`` (where there is one)."""
+    if not owner:  # killed between creating and filling it, or filling it right now
+        if fcntl is not None:  # a writer filling it holds the flock: so its writer died
+            return True  # (were it still starting, it finds its file gone and starts again)
         try:
             return time.time() - path.stat().st_mtime > _EMPTY_LOCK_GRACE_S
         except FileNotFoundError:

@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load, save_file
 
 from cgc_lens.errors import CgcLensError
-from cgc_lens.io.manifest import MANIFEST_FILE, check_manifest, folder_files
+from cgc_lens.io.manifest import check_manifest, warn_unsealed
 from cgc_lens.io.report import write_report
 from cgc_lens.io.staging import leftovers, staged_folder
 
@@ -212,24 +212,21 @@ def _missing_folder(out: Path) -> CgcLensError:
                         f"study (--out DIR).{hint}")
 
 
-def read_results(out_dir: str | Path) -> ResultsFolder:
-    """Read a folder written by :func:`write_results`, checked against its manifest.
+def _inode(out: Path) -> int | None:
+    try:
+        return out.stat().st_ino
+    except OSError:
+        return None
 
-    A folder written before manifests (none in it) is read as it is, with a
-    :class:`~cgc_lens.io.manifest.LegacyFolderWarning`.
 
-    Raises:
-        CgcLensError: no results folder there, or one that does not match its manifest
-            (missing, extra or changed files: an interrupted or mixed save).
-    """
-    out = Path(out_dir)
-    if not (out / "results.json").is_file() and not (out / MANIFEST_FILE).is_file():
+def _read_once(out: Path) -> ResultsFolder:
+    if not out.is_dir():
         raise _missing_folder(out)
-    checked = check_manifest(out)
-    if checked is None:  # no manifest: read the files as they are
-        checked = {rel: (out / rel).read_bytes() for rel in folder_files(out)}
+    checked, sealed = check_manifest(out)
     if "results.json" not in checked:
         raise _missing_folder(out)
+    if not sealed:
+        warn_unsealed(out)
     doc = json.loads(checked["results.json"].decode("utf-8"))
     tables = {rel[len("tables/"):-len(".csv")]: pd.read_csv(io.BytesIO(data))
               for rel, data in sorted(checked.items())
@@ -240,3 +237,26 @@ def read_results(out_dir: str | Path) -> ResultsFolder:
         study=doc.pop("study", ""), config=doc.pop("config", {}),
         versions=doc.pop("versions", {}), payload=doc, tables=tables, arrays=arrays,
     )
+
+
+def read_results(out_dir: str | Path) -> ResultsFolder:
+    """Read a folder written by :func:`write_results`, checked against its manifest.
+
+    Every file is read once and checked before it is parsed. A read that fails because a save
+    replaced the folder meanwhile is tried again (up to 3 times), so a reader racing a writer
+    gets one whole save or the other. A folder written before manifests (none in it) is read
+    as it is, with a :class:`~cgc_lens.io.manifest.LegacyFolderWarning`.
+
+    Raises:
+        CgcLensError: no results folder there, or one that does not match its manifest
+            (missing, extra or changed files: an interrupted or mixed save).
+    """
+    out = Path(out_dir)
+    for attempt in range(3):
+        before = _inode(out)
+        try:
+            return _read_once(out)
+        except CgcLensError:
+            if attempt == 2 or _inode(out) == before:
+                raise
+    raise AssertionError("unreachable")

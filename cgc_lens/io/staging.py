@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.io.folder_lock import check_not_locked, folder_lock, results_target
-from cgc_lens.io.manifest import write_manifest
+from cgc_lens.io.manifest import remove_sealed, write_manifest
 
 __all__ = ["check_out_dir", "leftovers", "staged_folder"]
 
@@ -131,7 +131,7 @@ def _swap_into_place(stage: Path, target: Path) -> None:
             old.rename(target)  # the earlier folder goes back
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_sealed(old)
 
 
 @contextmanager

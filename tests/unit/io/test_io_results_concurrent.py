@@ -20,7 +20,11 @@ from cgc_lens.io.folder_lock import lock_path
 from cgc_lens.io.results import read_results, write_results
 from cgc_lens.io.staging import leftovers
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)"),
+    # a folder of ours never loads as one without a manifest, not even mid-swap
+    pytest.mark.filterwarnings("error::cgc_lens.io.manifest.LegacyFolderWarning"),
+]
 
 KILLS = 20
 BAD_INPUT_EXIT = 3
