@@ -125,3 +125,32 @@ def gpt2_config_files() -> dict[str, str]:
     # GPT2Config's defaults are GPT-2 small's (12 layers, d_model 768, 12 heads, vocab 50257).
     cfg = GPT2Config(n_ctx=1024, architectures=["GPT2LMHeadModel"])
     return {"config.json": cfg.to_json_string()}
+
+
+def random_saelens_sae(kind: str, d_in: int, d_sae: int, k: int = 8,
+                       hook: str = "blocks.1.hook_resid_post"):
+    """A SAELens TopK, JumpReLU or standard (ReLU) SAE with random weights that fire."""
+    from sae_lens import (
+        JumpReLUSAE,
+        JumpReLUSAEConfig,
+        StandardSAE,
+        StandardSAEConfig,
+        TopKSAE,
+        TopKSAEConfig,
+    )
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(hook_name=hook)
+    if kind == "topk":
+        return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta))
+    if kind == "jumprelu":
+        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    else:
+        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
+    with torch.no_grad():  # SAELens initialises zero biases and thresholds: make them count
+        sae.W_enc.normal_()
+        sae.b_enc.normal_(-1.0, 1.0)
+        sae.b_dec.normal_()
+        if kind == "jumprelu":
+            sae.threshold.uniform_(-0.5, 1.0)  # some below 0: the ReLU still applies there
+    return sae

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sae_lens import (
-    JumpReLUSAE,
-    JumpReLUSAEConfig,
-    StandardSAE,
-    StandardSAEConfig,
-    TopKSAE,
-    TopKSAEConfig,
-)
-from sae_lens.saes.sae import SAEMetadata
+from unit.fake_releases import random_saelens_sae
 
 from cgc_lens.saes import SparseCodes, SparseEncoder, topk_rows
 from cgc_lens.saes.attach import SAETarget
@@ -33,28 +25,11 @@ def test_sparse_codes_round_trip_and_sums():
                                rtol=1e-12, atol=1e-12)
 
 
-def _random_sae(kind: str, d_in: int, d_sae: int, k: int = 8):
-    meta = SAEMetadata(hook_name=HOOK)
-    if kind == "topk":
-        return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta))
-    if kind == "jumprelu":
-        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    else:
-        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    with torch.no_grad():  # SAELens initialises zero biases and thresholds: make them count
-        sae.W_enc.normal_()
-        sae.b_enc.normal_(-1.0, 1.0)
-        sae.b_dec.normal_()
-        if kind == "jumprelu":
-            sae.threshold.uniform_(-0.5, 1.0)  # some below 0: the ReLU still applies there
-    return sae
-
-
 @pytest.mark.parametrize("kind", ["topk", "jumprelu", "relu"])
 @pytest.mark.parametrize(("d_sae", "k"), [(64, 8), (512, 16), (48, 20)])
 def test_sparse_encoder_bit_identical_to_sae_encode(kind, d_sae, k):
     # 512/16 takes the two-stage top-k; 48/20 stores TopK codes dense (k > d_sae / 3).
-    sae = _random_sae(kind, 32, d_sae, k)
+    sae = random_saelens_sae(kind, 32, d_sae, k)
     encode = SparseEncoder.for_target(SAETarget(key="h", hook=HOOK, sae=sae))
     assert encode is not None
     x = 3 * torch.randn(4, 50, 32)
@@ -68,7 +43,7 @@ def test_sparse_encoder_bit_identical_to_sae_encode(kind, d_sae, k):
 
 
 def test_sparse_encoder_declines_what_it_cannot_reproduce():
-    sae = _random_sae("topk", 32, 64)
+    sae = random_saelens_sae("topk", 32, 64)
     target = SAETarget(key="h", hook=HOOK, sae=sae)
     assert SparseEncoder.for_target(target) is not None
     sae.encode = lambda x: x  # replaced on the instance: the sweep must call it

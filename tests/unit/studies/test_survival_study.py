@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 from sae_lens import (
-    JumpReLUSAE,
-    JumpReLUSAEConfig,
     StandardSAE,
     StandardSAEConfig,
     TopKSAE,
@@ -25,6 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from unit.fake_assets import TEXTS, bpe_tokenizer
+from unit.fake_releases import random_saelens_sae
 
 from cgc_lens import CgcLensError
 from cgc_lens.analysis import fragility_dataset
@@ -143,26 +142,9 @@ def test_chunking_does_not_change_the_sums(tokens):
     np.testing.assert_array_equal(runs[0].r["RTN INT4"], runs[1].r["RTN INT4"])
 
 
-def _random_sae(kind: str, d_in: int, d_sae: int, k: int = 8):
-    meta = SAEMetadata(hook_name=HOOK)
-    if kind == "topk":
-        return TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=meta))
-    if kind == "jumprelu":
-        sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    else:
-        sae = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=meta))
-    with torch.no_grad():  # SAELens initialises zero biases and thresholds: make them count
-        sae.W_enc.normal_()
-        sae.b_enc.normal_(-1.0, 1.0)
-        sae.b_dec.normal_()
-        if kind == "jumprelu":
-            sae.threshold.uniform_(-0.5, 1.0)  # some below 0: the ReLU still applies there
-    return sae
-
-
 @pytest.mark.parametrize("kind", ["jumprelu", "topk"])
 def test_fast_sweep_matches_corrcoef(kind, tokens):
-    model, sae = make_tiny_model(), _random_sae(kind, 32, 96, 6)
+    model, sae = make_tiny_model(), random_saelens_sae(kind, 32, 96, 6)
     config = SurvivalConfig(bits=(4,), match_pruning=None, cache_mb=0.001, **FAST)
     result = run_survival(config, model=model, sae=sae, **tokens)
     _assert_r_is_corrcoef(result, model, sae, tokens["tokens"], bits=4)
