@@ -26,6 +26,11 @@ __all__ = ["DEFERRED_SIGNALS", "deferred_signals"]
 DEFERRED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 """The signals that :class:`deferred_signals` holds back."""
 
+# The C functions behind signal.signal / signal.getsignal, without their enum conversions
+# (which cost more than the calls themselves on every restore).
+_raw = getattr(signal, "_signal", signal)
+_HELD = tuple(int(s) for s in DEFERRED_SIGNALS)
+
 
 class deferred_signals:  # lower case: used like a function, ``with deferred_signals():``
     """Context manager holding back SIGINT and SIGTERM until its body has finished.
@@ -46,7 +51,7 @@ class deferred_signals:  # lower case: used like a function, ``with deferred_sig
     """
 
     def __init__(self) -> None:
-        self._previous: dict[signal.Signals, object] = {}
+        self._previous: dict[int, object] = {}
         self.caught: list[signal.Signals] = []
         """Signals received in the body, in order."""
 
@@ -57,12 +62,12 @@ class deferred_signals:  # lower case: used like a function, ``with deferred_sig
         if threading.current_thread() is not threading.main_thread():
             return self
         try:
-            for sig in DEFERRED_SIGNALS:
-                previous = signal.getsignal(sig)
+            for sig in _HELD:
+                previous = _raw.getsignal(sig)
                 if previous is None:  # installed from C: could not be put back
                     continue
                 self._previous[sig] = previous  # noted first: __exit__ can always undo
-                signal.signal(sig, self._note)
+                _raw.signal(sig, self._note)
         except BaseException:
             self._put_back()
             raise
@@ -70,21 +75,21 @@ class deferred_signals:  # lower case: used like a function, ``with deferred_sig
 
     def _put_back(self) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)  # type: ignore[arg-type]
+            _raw.signal(sig, previous)
 
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._put_back()
         for sig in dict.fromkeys(self.caught):
-            _deliver(sig, self._previous.get(sig, signal.SIG_DFL))
+            _deliver(sig, self._previous.get(int(sig), signal.SIG_DFL))
 
 
 def _deliver(sig: signal.Signals, handler: object) -> None:
     """Hand ``sig`` to ``handler`` as if it had arrived now."""
-    if handler is signal.SIG_IGN:
+    if handler == signal.SIG_IGN:  # == : the raw functions give plain ints for SIG_IGN/SIG_DFL
         return
-    if handler is signal.SIG_DFL or not callable(handler):
+    if not callable(handler):  # SIG_DFL: the default action, now
         signal.raise_signal(sig)
         return
     handler(sig, inspect.currentframe())

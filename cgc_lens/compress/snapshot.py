@@ -19,9 +19,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cgc_lens.compress.operators.base import EditStats, Operator
+from cgc_lens.compress.operators.base import EditStats, Operator, check_finite
 from cgc_lens.compress.targets import WeightRef
-from cgc_lens.errors import CgcLensError
 
 __all__ = [
     "RESTORE_TRIES",
@@ -68,23 +67,6 @@ def set_data_(param: nn.Parameter, data: Tensor) -> None:
     param.data = data
 
 
-def check_finite(stack: Tensor, names: Sequence[str]) -> None:
-    """Raise :class:`~cgc_lens.errors.CgcLensError` if ``stack`` (axis 0 stacks the weights
-    ``names``) holds inf or NaN: no operator gives a meaningful result on such a weight (RTN
-    would turn its whole output channel into NaN). One pass; the count only on failure."""
-    if bool(torch.isfinite(stack).all()):
-        return
-    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in zip(names, stack, strict=True)]
-    bad = [(n, c) for n, c in bad if c]
-    name, count = bad[0]
-    more = f" (and {len(bad) - 1} more weights)" if len(bad) > 1 else ""
-    raise CgcLensError(
-        f"{name} has {count} non-finite values (inf/NaN){more}; cgc-lens cannot quantize, prune "
-        "or factor a non-finite weight: check the checkpoint, or leave the weight out of the "
-        "targets (Targets(names=..., layers=...))."
-    )
-
-
 class Snapshot:
     """What :func:`~cgc_lens.compress.compressed` needs to put the touched parameters back,
     stacked per shape.
@@ -110,7 +92,8 @@ class Snapshot:
         parameter ([] without op). A non-finite weight is refused before anything is edited."""
         tensors = [p.detach() for p in params]
         buf = stack_copies(tensors, offload_to_cpu=self._offload)
-        check_finite(buf, names)
+        if op is None or not op.checks_finite_stacked:  # else apply_stacked_ checks, cheaper
+            check_finite(buf, names)
         with torch.no_grad():
             if self._swap:
                 for p, fresh in zip(params, buf.unbind(0), strict=True):

@@ -11,6 +11,7 @@ Each operator lives in its own module and registers itself with :func:`register_
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "EditStats",
     "Operator",
     "Phase",
+    "check_finite",
     "operator_class",
     "operator_from_dict",
     "register_operator",
@@ -50,6 +52,30 @@ class EditStats:
     """Rank kept by the truncated SVD."""
 
 
+def check_finite(stack: Tensor, names: Sequence[str]) -> None:
+    """Raise :class:`~cgc_lens.errors.CgcLensError` if ``stack`` (axis 0 stacks the weights
+    ``names``) holds inf or NaN: no operator gives a meaningful result on such a weight (RTN
+    would turn its whole output channel into NaN).
+
+    One sum: an inf or NaN anywhere makes it non-finite (``torch.isfinite`` over the stack is
+    ten times slower on CPU). Only then, or when the sum of finite values overflowed, are the
+    values checked one by one.
+    """
+    if math.isfinite(stack.sum().item()):
+        return
+    bad = [(n, int((~torch.isfinite(t)).sum())) for n, t in zip(names, stack, strict=True)]
+    bad = [(n, c) for n, c in bad if c]
+    if not bad:  # the sum overflowed; every value is finite
+        return
+    name, count = bad[0]
+    more = f" (and {len(bad) - 1} more weights)" if len(bad) > 1 else ""
+    raise CgcLensError(
+        f"{name} has {count} non-finite values (inf/NaN){more}; cgc-lens cannot quantize, prune "
+        "or factor a non-finite weight: check the checkpoint, or leave the weight out of the "
+        "targets (Targets(names=..., layers=...))."
+    )
+
+
 class Operator(ABC):
     """Base of every weight-edit operator: a frozen dataclass with a registry name."""
 
@@ -61,6 +87,9 @@ class Operator(ABC):
     """The field holding the operator's scalar level (None if it has none)."""
     higher_is_harsher: ClassVar[bool] = True
     """Whether raising the level compresses more (sparsity) or less (bits, rank ratio)."""
+    checks_finite_stacked: ClassVar[bool] = False
+    """Whether :meth:`apply_stacked_` itself refuses a stack holding inf/NaN before editing
+    it (by :func:`check_finite`); the snapshot then skips its own pass over the stack."""
 
     @property
     def is_identity(self) -> bool:

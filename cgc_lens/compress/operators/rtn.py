@@ -25,6 +25,7 @@ floored at the smallest normal float, as ``torch.ao`` floors it at eps; it quant
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import ClassVar, Literal, NamedTuple, get_args
@@ -34,7 +35,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from cgc_lens.compress.layout import as_matrix, from_matrix, in_axes
-from cgc_lens.compress.operators.base import EditStats, Operator, Phase, register_operator
+from cgc_lens.compress.operators.base import (
+    EditStats,
+    Operator,
+    Phase,
+    check_finite,
+    register_operator,
+)
 from cgc_lens.compress.targets import WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
@@ -236,7 +243,7 @@ def _amax_keepdim(x: Tensor, dims: tuple[int, ...], fn: str = "amax") -> Tensor:
 
 def rtn_quantize_stack_(
     stack: Tensor, bits: int, *, out_axes: Sequence[int], convention: Convention = "symmetric",
-    targets: Sequence[Tensor] | None = None,
+    targets: Sequence[Tensor] | None = None, names: Sequence[str] | None = None,
 ) -> None:
     """RTN of a stack of same-shaped float32/float64 weights (axis 0 stacks them), in place.
 
@@ -248,6 +255,10 @@ def rtn_quantize_stack_(
 
     One stack at a time, so that a small model's weights are reduced and rewritten while they
     are still in cache, with a dozen dispatches per stack rather than a dozen per weight.
+
+    With ``names`` (the stacked weights' names), a stack holding inf/NaN is refused before it
+    is edited (:func:`~cgc_lens.compress.operators.base.check_finite`): an inf or NaN makes its
+    channel's scale non-finite, so the per-channel scales are checked instead of the stack.
     """
     if bits == 16:
         return
@@ -260,6 +271,8 @@ def rtn_quantize_stack_(
         inv, lo, hi = scale.reciprocal(), None, None
     else:
         scale, inv, lo, hi = _params(stack, bits, dims, convention)
+    if names is not None and not math.isfinite(scale.sum().item()):
+        check_finite(stack, names)  # raises, unless the sum of finite scales overflowed
     if targets is None:
         _apply_(stack, scale, inv, lo, hi)
         return
@@ -287,6 +300,7 @@ class RTN(Operator):
     phase: ClassVar[Phase] = "quantize"
     level_field: ClassVar[str | None] = "bits"
     higher_is_harsher: ClassVar[bool] = False
+    checks_finite_stacked: ClassVar[bool] = True
 
     bits: int
     """Bit width, 2..16; 16 is the unquantized reference and touches nothing."""
@@ -345,5 +359,6 @@ class RTN(Operator):
         """:func:`rtn_quantize_stack_` of the stack (scales from ``stack``, edits in
         ``targets`` when given)."""
         rtn_quantize_stack_(stack, self.bits, out_axes=refs[0].out_axes,
-                            convention=self.convention, targets=targets)
+                            convention=self.convention, targets=targets,
+                            names=[r.param for r in refs])
         return [EditStats(bits=self.bits)] * len(refs)
