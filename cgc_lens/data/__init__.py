@@ -8,6 +8,7 @@ from cgc_lens.data.blocks import (
     token_blocks,
     token_stream,
 )
+from cgc_lens.data.cache import cache_dir
 from cgc_lens.data.corpus import load_corpus
 from cgc_lens.data.documents import LOCAL_SPLITS, SPLITS, Corpus, Document
 from cgc_lens.data.hub import CORPORA, HubCorpus, hub_documents
@@ -16,7 +17,7 @@ from cgc_lens.data.synth import SYNTHETIC_CATEGORIES, synthetic_documents
 
 __all__ = [
     "CORPORA", "LOCAL_SPLITS", "PROBING_DATASETS", "SPLITS", "SYNTHETIC_CATEGORIES", "Corpus",
-    "Document", "HubCorpus", "ProbingDataset", "TokenBlocks", "Window", "draw_blocks",
+    "Document", "HubCorpus", "ProbingDataset", "TokenBlocks", "Window", "cache_dir", "draw_blocks",
     "hub_documents", "load_corpus", "load_probing_corpus", "sliding_windows", "synthetic_documents",
     "token_blocks", "token_stream",
 ]

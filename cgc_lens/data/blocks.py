@@ -10,20 +10,23 @@ the blocks drawn for a smaller ``n_blocks`` are among those drawn for a larger o
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from cgc_lens.data.cache import cached, digest, documents_digest, source_digest
 from cgc_lens.data.corpus import load_corpus
 from cgc_lens.data.documents import Corpus
 from cgc_lens.errors import CgcLensError, unknown_name
-from cgc_lens.models import load_tokenizer
+from cgc_lens.models import EMBEDDED_MODELS, load_tokenizer
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -48,11 +51,24 @@ def _tokenizer(
 
 
 def _stream(corpus: Corpus, tokenizer: Any) -> tuple[Tensor, Tensor, tuple[str, ...]]:
-    """Token stream of the corpus, the category index of each token, and the category names."""
+    """Token stream of the corpus, the category index of each token, and the category names.
+
+    The embedded corpus's streams are cached on disk (:mod:`~cgc_lens.data.cache`), keyed by
+    the documents' content, the tokenizer and this module's code: a later process loads them
+    instead of tokenizing again (seconds per split), bit for bit the same.
+    """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise CgcLensError(f"Expected a tokenizer with an eos token to join documents, got "
                            f"{type(tokenizer).__name__} {tokenizer.name_or_path!r} without one.")
+    key = _stream_key(corpus, tokenizer) if corpus.name in EMBEDDED_MODELS else None
+    if key is None:
+        return _tokenize(corpus, tokenizer, eos)
+    return cached(f"tokens-{corpus.name}-{corpus.split}", key,
+                  lambda: _tokenize(corpus, tokenizer, eos), dump=_dump_stream, load=_load_stream)
+
+
+def _tokenize(corpus: Corpus, tokenizer: Any, eos: int) -> tuple[Tensor, Tensor, tuple[str, ...]]:
     names = corpus.categories
     ids: list[int] = []
     cats: list[int] = []
@@ -63,6 +79,39 @@ def _stream(corpus: Corpus, tokenizer: Any) -> tuple[Tensor, Tensor, tuple[str, 
                 ids += [*toks, eos]
                 cats += [c] * (len(toks) + 1)
     return torch.tensor(ids, dtype=torch.long), torch.tensor(cats, dtype=torch.long), names
+
+
+def _stream_key(corpus: Corpus, tokenizer: Any) -> str | None:
+    """The cache key of the corpus's stream: its documents, the whole tokenizer (a fast one's
+    serialization; None for others) and the code that tokenizes."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    import tokenizers
+    import transformers
+
+    try:
+        code = source_digest(_tokenize)
+    except OSError:  # no sources installed: nothing to key the code on
+        return None
+    return digest("token-stream", code, type(tokenizer).__qualname__, backend.to_str(),
+                  str(tokenizer.eos_token_id), transformers.__version__, tokenizers.__version__,
+                  documents_digest((d.category, d.text) for d in corpus.documents))
+
+
+def _dump_stream(stream: tuple[Tensor, Tensor, tuple[str, ...]]) -> bytes:
+    ids, cats, names = stream
+    buf = io.BytesIO()
+    np.savez(buf, ids=ids.numpy().astype(np.min_scalar_type(int(ids.max()))),
+             cats=cats.numpy().astype(np.min_scalar_type(len(names))), names=np.array(names))
+    return buf.getvalue()
+
+
+def _load_stream(payload: bytes) -> tuple[Tensor, Tensor, tuple[str, ...]]:
+    with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+        return (torch.from_numpy(arrays["ids"].astype(np.int64)),
+                torch.from_numpy(arrays["cats"].astype(np.int64)),
+                tuple(str(n) for n in arrays["names"]))
 
 
 def token_stream(

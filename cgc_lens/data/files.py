@@ -15,10 +15,12 @@ import functools
 import gzip
 import json
 import lzma
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cgc_lens.data.cache import cached, digest, source_digest
 from cgc_lens.data.documents import SPLITS, Document, split_documents
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.models import embedded_asset_dir
@@ -110,7 +112,15 @@ def _cached_records(path: Path, mtime_ns: int) -> tuple[dict[str, Any], ...]:
 
 @functools.lru_cache(maxsize=4)
 def _cached_synthetic(make: Callable[..., list[dict[str, Any]]]) -> tuple[dict[str, Any], ...]:
-    return tuple(make(seed=0))
+    """``make(seed=0)``, kept on disk (:mod:`~cgc_lens.data.cache`) keyed by ``make``'s code."""
+    try:
+        key = digest("synthetic-documents", source_digest(make), "seed=0",
+                     "python {}.{}".format(*sys.version_info[:2]))  # random.Random's sequence
+    except (OSError, TypeError):  # no source to key on: regenerate
+        return tuple(make(seed=0))
+    records = cached("synthetic-documents", key, lambda: make(seed=0),
+                     dump=lambda r: json.dumps(r, ensure_ascii=False).encode(), load=json.loads)
+    return tuple(records)
 
 
 def embedded_documents(name: str, split: str) -> list[Document]:
