@@ -7,6 +7,7 @@ steadier estimate on a shared machine). Target: ratio ≤ 1.1.
 
     python benchmarks/bench_streaming.py                     # cgc-tiny (random if not built)
     python benchmarks/bench_streaming.py --model gpt2-small-shapes
+    python benchmarks/bench_streaming.py --smoke             # seconds, every code path (CI)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 import time
 
 import torch
-from common import get_model
+from common import add_smoke, get_model, smoke
 
 from cgc_lens.forward.streaming import run_sites
 from cgc_lens.sites import Site
@@ -48,7 +49,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--reps", type=int, default=9)
-    args = parser.parse_args()
+    add_smoke(parser)
+    args = smoke(parser.parse_args(), batches=1, batch_size=2, seq=16, reps=1)
     torch.manual_seed(0)
     name, model = get_model(args.model, SHAPES)
     seq = min(args.seq, model.cfg.n_ctx)
