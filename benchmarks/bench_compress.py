@@ -5,6 +5,7 @@ Target (issue 3): ``with compressed(model, RTN(b)): pass`` costs at most 3x
 
 Run by hand:  python benchmarks/bench_compress.py [--reps-small 100] [--reps-large 3]
               [--vocab 2048] [--skip-large] [--threads 1]
+              python benchmarks/bench_compress.py --smoke   # seconds, every code path (CI)
 Embeddings are never touched, so the GPT-2-medium shape uses a shrunk vocabulary (--vocab).
 
 Two memory regimes. "fresh" (the target's): a full ``gc.collect()`` and glibc ``malloc_trim``
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from common import add_smoke, smoke
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from cgc_lens.compress import RTN, Targets, compressed
@@ -68,7 +70,7 @@ def _interleaved(
 
 
 def _ms(t: list[float]) -> str:
-    q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive")
+    q1, med, q3 = statistics.quantiles(t, n=4, method="inclusive") if len(t) > 1 else t * 3
     return f"{med * 1e3:8.3f} ms [{q1 * 1e3:.3f}-{q3 * 1e3:.3f}]"
 
 
@@ -137,7 +139,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048, help="GPT-2-medium vocab (50257 full)")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
+    add_smoke(parser)
+    args = smoke(parser.parse_args(), reps_small=1, reps_large=1, vocab=64)
     if args.threads:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -147,9 +150,12 @@ def main() -> None:
     bench(label, tiny, args.reps_small)
     bench(label, tiny, args.reps_small * 10, fresh=False)
     if not args.skip_large:
-        medium = _random_model(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096,
-                               d_vocab=args.vocab, n_ctx=1024)
-        bench(f"GPT-2-medium shape (random, vocab {args.vocab})", medium, args.reps_large)
+        shape = dict(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096)
+        if args.smoke:  # the same path on a model of milliseconds
+            shape = dict(n_layers=2, d_model=64, n_heads=2, d_head=32, d_mlp=128)
+        medium = _random_model(**shape, d_vocab=args.vocab, n_ctx=1024)
+        name = "GPT-2-medium shape" if not args.smoke else f"smoke shape {shape}"
+        bench(f"{name} (random, vocab {args.vocab})", medium, args.reps_large)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ Activations are ``hook_z`` of a random TransformerLens model with GPT-2-medium b
 
     OMP_NUM_THREADS=1 python benchmarks/bench_saes.py --threads 1 --e2e
     OMP_NUM_THREADS=1 python benchmarks/bench_saes.py --model cgc-tiny --threads 1 --e2e
+    OMP_NUM_THREADS=1 python benchmarks/bench_saes.py --smoke     # seconds, every arm (CI)
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections import defaultdict
 from dataclasses import replace
 
 import torch
-from common import get_model
+from common import add_smoke, get_model, smoke
 
 from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE, TrainConfig, site_activations
 from cgc_lens.saes.train import train_batched
@@ -101,7 +102,9 @@ def main() -> None:
     parser.add_argument("--e2e", action="store_true", help="also time activation harvesting")
     parser.add_argument("--skip-dense-batched", action="store_true",
                         help="leave out the batched-dense arm")
-    args = parser.parse_args()
+    add_smoke(parser)
+    args = smoke(parser.parse_args(), model="cgc-tiny-shapes", steps=1, loop_heads=2,
+                 batch_size=16, seqs=1, reps=1, e2e=True, skip_dense_batched=False)
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -25,11 +25,18 @@ features per token), or a random TopK SAE of any width (``--sae-kind topk --d-sa
     python benchmarks/bench_survival.py --model gpt2-small-shapes --skip-memory
     python benchmarks/bench_survival.py --model gpt2-small-shapes --sae-kind topk --d-sae 8192 \
         --k 64 --batches 1 --batch-size 4 --seq 256 --reps 3 --skip-memory --no-batch-outer
+    python benchmarks/bench_survival.py --smoke             # seconds, every code path (CI)
+
+``--smoke`` times cgc-tiny (TopK SAE) and a random cgc-tiny-shaped model with a ReLU SAE (the
+GPT-2-small path), and runs the memory comparison once, on cgc-tiny, with a tiny budget and its
+two runs in this process (their peak RSS then means nothing).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -39,6 +46,7 @@ import sys
 import time
 
 import torch
+from common import add_smoke, smoke
 
 SHAPES = {
     "cgc-tiny-shapes": dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512,
@@ -236,7 +244,7 @@ def memory_child(args: argparse.Namespace) -> None:
                       "cache_peak_mb": result.info["cache_peak_mb"]}))
 
 
-def memory(args: argparse.Namespace) -> None:
+def memory(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     rows = {}
     for scale in (1, 10):
         cmd = [sys.executable, __file__, "--memory-child", "--scale", str(scale), "--model",
@@ -245,10 +253,17 @@ def memory(args: argparse.Namespace) -> None:
         for flag in ("d_sae", "sae_kind", "k", "layer"):
             if getattr(args, flag) is not None:
                 cmd += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        if args.smoke:  # the child's options and code in this process, without its imports
+            child = io.StringIO()
+            with contextlib.redirect_stdout(child):
+                memory_child(parser.parse_args(cmd[2:]))
+            out = child.getvalue()
+        else:
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         rows[scale] = json.loads(out.strip().splitlines()[-1])
     one, ten = rows[1], rows[10]
-    print(f"\n== memory, {args.model}: run_survival (null, RTN 8, RTN 4) in a fresh process")
+    where = "in this process (smoke)" if args.smoke else "in a fresh process"
+    print(f"\n== memory, {args.model}: run_survival (null, RTN 8, RTN 4) {where}")
     for scale, row in rows.items():
         print(f"  {scale:2d}× budget ({row['tokens']:,} tokens): peak RSS {row['peak_mib']:.0f} "
               f"MiB (before the run {row['before_mib']:.0f}), reference cache peak "
@@ -282,22 +297,28 @@ def main() -> None:
     parser.add_argument("--skip-time", action="store_true")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scale", type=int, default=1, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    add_smoke(parser)
+    args = smoke(parser.parse_args(), batches=1, batch_size=2, seq=16, reps=1, memory_tokens=64)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.memory_child:
         memory_child(args)
         return
     models = [args.model] if args.model else ["cgc-tiny", "gpt2-small-shapes"]
+    if args.smoke and args.model is None:  # the GPT-2 path (ReLU SAE) on a tiny model
+        models = ["cgc-tiny", "cgc-tiny-shapes"]
     for name in models:
         run = argparse.Namespace(**{**vars(args), "model": name})
         if name == "gpt2-small-shapes" and args.model is None:  # keep the default run short
             run.batches, run.batch_size, run.seq, run.reps = 2, 8, 64, 3
             run.batch_outer = False
+        if args.smoke and name == "cgc-tiny-shapes" and args.model is None:
+            run.sae_kind, run.d_sae = "relu", 256
         if not args.skip_time:
             time_sweep(run)
-        if not args.skip_memory and name != "gpt2-small-shapes":
-            memory(run)
+        if not args.skip_memory and name != "gpt2-small-shapes" and (
+                not args.smoke or name == models[0]):  # smoke: one memory run (two processes)
+            memory(run, parser)
 
 
 if __name__ == "__main__":
