@@ -24,6 +24,7 @@ from cgc_lens.data import Corpus, TokenBlocks, load_corpus, sliding_windows, tok
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import kl_divergence, perplexity, perplexity_result, token_nll
 from cgc_lens.forward.probes import run_probes
+from cgc_lens.io.hf_export import save_model
 from cgc_lens.models import embedded_asset_dir, load_model, load_model_shape, load_tokenizer
 from cgc_lens.saes import load_sae
 from cgc_lens.sites import MLP, Head, Site, hook_name
@@ -87,6 +88,7 @@ __all__ = [
     "run_capability",
     "run_probes",
     "run_survival",
+    "save_model",
     "sliding_windows",
     "token_blocks",
     "token_nll",

@@ -12,6 +12,7 @@ from cgc_lens.io.configs import (
     unwrap_optional,
 )
 from cgc_lens.io.folder_lock import folder_lock
+from cgc_lens.io.hf_export import save_model
 from cgc_lens.io.manifest import MANIFEST_FILE, LegacyFolderWarning
 from cgc_lens.io.report import REPORT_FILENAME, Report, write_report
 from cgc_lens.io.results import ResultsFolder, read_results, to_jsonable, versions, write_results
@@ -22,6 +23,7 @@ __all__ = [
     "CONFIG_DIR", "CONFIG_FILE", "MANIFEST_FILE", "REPORT_FILENAME", "WEIGHTS_FILE",
     "LegacyFolderWarning", "Report", "ResultsFolder", "check_out_dir", "config_from_dict",
     "config_to_dict", "field_docs", "folder_lock", "load_folder", "read_config",
-    "read_results", "resolve_config_path", "save_folder", "to_jsonable", "unwrap_optional",
+    "read_results", "resolve_config_path", "save_folder", "save_model", "to_jsonable",
+    "unwrap_optional",
     "versions", "write_report", "write_results",
 ]

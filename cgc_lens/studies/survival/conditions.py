@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -44,14 +44,19 @@ class Condition:
     """One compared condition: its name, its plan, and its Table 1 bits / sparsity."""
 
     name: str
-    plan: Plan | None  # None: the null condition (the model untouched)
+    plan: Plan | Any | None  # None: the null (model untouched); Any: a checkpoint's WeightSwap
     bits: float | None
     sparsity: float | None
 
 
-def edited(model: HookedTransformer, plan: Plan | None) -> contextlib.AbstractContextManager:
-    """``compressed(model, plan)``, or nothing for the null condition (``plan=None``)."""
-    return contextlib.nullcontext() if plan is None else compressed(model, plan)
+def edited(model: HookedTransformer, plan: Plan | Any | None,
+           ) -> contextlib.AbstractContextManager:
+    """``compressed(model, plan)``, or nothing for the null condition (``plan=None``); a
+    compared checkpoint's weight swap (an edit with ``swapped``) swaps its weights in."""
+    if plan is None:
+        return contextlib.nullcontext()
+    swap = getattr(plan, "swapped", None)
+    return swap(model) if swap is not None else compressed(model, plan)
 
 
 def sae_target(model: HookedTransformer, sae: SAE | None, spec: tuple[str, str | None], *,

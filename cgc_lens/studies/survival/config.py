@@ -22,7 +22,9 @@ from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, read_config
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
 
-__all__ = ["CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "rtn_name"]
+__all__ = [
+    "CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "parse_compare", "rtn_name",
+]
 
 """Where the packaged reproduction configs live (``survival_pythia70m.json`` ...)."""
 
@@ -130,6 +132,10 @@ class SurvivalConfig:
     """RTN bit-widths (per-output-channel, symmetric, Eq. 2), one condition each."""
     plans: tuple[PlanCondition, ...] = ()
     """Further conditions, any compression plan each (JSON: [{"name": ..., "plan": ...}])."""
+    compare: tuple[str, ...] = ()
+    """Checkpoints to audit against the model, one condition each: PATH or NAME=PATH of a
+    Hugging Face folder of the same architecture (plain, or compressed-tensors), a folder
+    written by cgc_lens.save_model, or a .gguf file."""
     match_pruning: int | str | None = 6
     """Add magnitude pruning whose perplexity on the match tokens equals that of RTN at these
     bits (an int) or of the named condition; none if unset."""
@@ -184,7 +190,7 @@ class SurvivalConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        for name in ("bits", "budget_fractions", "subset_seeds"):
+        for name in ("bits", "budget_fractions", "subset_seeds", "compare"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -268,6 +274,8 @@ class SurvivalConfig:
             check_bits(b)
         if len(set(self.bits)) != len(self.bits):
             raise CgcLensError(f"bits must not repeat, got {self.bits!r}.")
+        for spec in self.compare:
+            parse_compare(spec)
         for p in self.plans:
             if not isinstance(p, PlanCondition):
                 raise CgcLensError(f"plans must hold PlanCondition objects, got {p!r}.")
@@ -281,6 +289,9 @@ class SurvivalConfig:
             raise unknown_name("focus condition", self.focus, names)
         if isinstance(self.match_pruning, int) and not isinstance(self.match_pruning, bool):
             check_bits(self.match_pruning)
+        elif self.match_pruning in {parse_compare(spec)[0] for spec in self.compare}:
+            raise CgcLensError(f"match_pruning cannot name the compared checkpoint "
+                               f"{self.match_pruning!r}: match to bits or a plan's condition.")
         elif isinstance(self.match_pruning, str) and self.match_pruning not in names[:-1]:
             raise unknown_name("condition to match pruning to", self.match_pruning, names[:-1])
         elif self.match_pruning is not None and not isinstance(self.match_pruning, str):
@@ -303,9 +314,11 @@ class SurvivalConfig:
 
     @property
     def condition_names(self) -> tuple[str, ...]:
-        """Every condition's name, in run order: null, RTN, plans, matched pruning."""
+        """Every condition's name, in run order: null, RTN, plans, compared checkpoints,
+        matched pruning."""
         names = [NULL_NAME] if self.null else []
         names += [rtn_name(b) for b in self.bits] + [p.name for p in self.plans]
+        names += [parse_compare(spec)[0] for spec in self.compare]
         if self.match_pruning is not None:
             names.append(f"magnitude matched {self.match_target}")
         return tuple(names)
@@ -371,3 +384,16 @@ def parse_sae(spec: str, sae_id: str | None = None) -> tuple[str, str | None]:
     release, _, rest = spec.partition("/")
     return (release, rest or None) if release else (spec, None)
 
+
+def parse_compare(spec: str) -> tuple[str, Path]:
+    """``"NAME=PATH"`` or ``"PATH"`` (named by its basename) → ``(name, path)``. Example:
+        >>> parse_compare("/ckpt/tiny-int4"), parse_compare("q8=/m/tiny-q8_0.gguf")
+        (('tiny-int4', PosixPath('/ckpt/tiny-int4')), ('q8', PosixPath('/m/tiny-q8_0.gguf')))
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise CgcLensError(f"A compared model is 'PATH' or 'NAME=PATH', got {spec!r}.")
+    name, sep, rest = spec.partition("=")
+    if sep and name and "/" not in name and rest and not Path(spec).expanduser().exists():
+        return name, Path(rest).expanduser()
+    path = Path(spec).expanduser()
+    return (path.name or str(path)), path

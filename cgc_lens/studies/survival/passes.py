@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Int
@@ -150,7 +150,7 @@ def stream_conditions(
     model: HookedTransformer,
     tokens: Int[Tensor, "n_blocks block_len"],
     targets: Sequence[SAETarget],
-    conditions: Sequence[tuple[str, Plan | None]],
+    conditions: Sequence[tuple[str, Plan | Any | None]],
     *,
     batch_size: int = 8,
     n_shards: int = 16,
@@ -165,7 +165,9 @@ def stream_conditions(
         model: the reference model (edited in place per condition, restored exactly).
         tokens: ``[n_blocks, block_len]`` token ids.
         targets: validated SAEs (:func:`cgc_lens.saes.validate_sae`) at their read-out hooks.
-        conditions: ``(name, plan)`` pairs; ``plan=None`` is the null (the model as it is).
+        conditions: ``(name, plan)`` pairs; ``plan=None`` is the null (the model as it is), a
+            compared checkpoint's weight swap (:mod:`~cgc_lens.studies.survival.compare`) swaps
+            its weights in.
         batch_size: blocks per forward pass.
         n_shards: consecutive groups of batches with their own sums (fewer if fewer batches).
         cache_bytes: reference codes held before the conditions run over them (see module doc).
@@ -239,7 +241,7 @@ class _Sweep:
         return cache, i
 
     def conditions_over(self, cache: list[tuple[int, dict[str, SparseCodes]]],
-                        conditions: Sequence[tuple[str, Plan | None]]) -> None:
+                        conditions: Sequence[tuple[str, Plan | Any | None]]) -> None:
         """Each condition, weights edited once, over the cached batches: add its sums."""
         for c, (_, plan) in enumerate(conditions):
             with edited(self.model, plan):

@@ -57,6 +57,7 @@ from cgc_lens.forward.metrics import bos_token_id
 from cgc_lens.models import load_model
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.sites import layer_of
+from cgc_lens.studies.survival.compare import compared_conditions
 from cgc_lens.studies.survival.conditions import (
     Condition,
     condition_perplexities,
@@ -183,6 +184,7 @@ def run_survival(
         check_device(config.device)
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
+    compared = compared_conditions(config.compare, model)  # refused here, before any pass
     targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
                                        "match": match_tokens})
@@ -191,6 +193,7 @@ def run_survival(
     t0 = time.perf_counter()
     conds, matches = resolve_conditions(config, model, sets["match"])
     t_match = time.perf_counter() - t0
+    conds = _with_compared(conds, compared, matches)
     sums = stream_conditions(
         model, feats, targets, [(c.name, c.plan) for c in conds], batch_size=config.batch_size,
         n_shards=config.n_shards, cache_bytes=int(config.cache_mb * 2**20),
@@ -204,8 +207,26 @@ def run_survival(
                       t_match=t_match, t_ppl=t_ppl))
     if sae is not None:
         info["sae"] = "(given)"
+    _release_compared(compared, info)
     log.info("survival audit done in %.1f s: %r", info["seconds"]["total"], result)
     return result
+
+
+def _with_compared(conds: list[Condition], compared: list[Condition],
+                   matches: dict[str, Any]) -> list[Condition]:
+    """The compared checkpoints after the in-place conditions, before the matched pruning."""
+    return [c for c in conds if c.name not in matches] + compared + \
+        [c for c in conds if c.name in matches]
+
+
+def _release_compared(compared: list[Condition], info: dict[str, Any]) -> None:
+    """Drop the compared weights still held; record each compared checkpoint's path, format."""
+    for c in compared:
+        c.plan.slot.clear()  # type: ignore[union-attr]
+    if compared:
+        info["compared"] = {c.name: {"path": str(c.plan.model.path),  # type: ignore[union-attr]
+                                     "format": c.plan.model.format}  # type: ignore[union-attr]
+                            for c in compared}
 
 
 def _targets(config: SurvivalConfig, model: HookedTransformer, sae: SAE | None,
