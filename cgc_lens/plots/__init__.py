@@ -8,6 +8,7 @@ from cgc_lens.plots.capability import (
     reallocation_map,
     search_history,
 )
+from cgc_lens.plots.grid import grid_shape, wrapped_grid
 from cgc_lens.plots.survival import (
     plot_dissociation,
     plot_feature_scatter,
@@ -22,6 +23,7 @@ __all__ = [
     "density_heatmap",
     "density_vs_ablation",
     "density_wanda_ranks",
+    "grid_shape",
     "plot_dissociation",
     "plot_feature_scatter",
     "plot_nonsurvival_deciles",
@@ -30,4 +32,5 @@ __all__ = [
     "plot_taxonomy",
     "reallocation_map",
     "search_history",
+    "wrapped_grid",
 ]

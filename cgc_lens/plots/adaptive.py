@@ -3,13 +3,15 @@ probing against the majority baseline, collapse diagnostics. Each returns a ``go
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.plots.grid import grid_shape, wrapped_grid
 
 __all__ = ["plot_diagnostics", "plot_probing", "plot_quality_comparison",
            "plot_training_curves"]
@@ -40,13 +42,15 @@ def plot_training_curves(history: pd.DataFrame, *, title: str | None = None) -> 
     """
     _need(history, ("step", "method", "site", "loss", "explained_variance", "l0", "retention"),
           "training history")
-    fig = make_subplots(rows=2, cols=2, subplot_titles=(
-        "training loss (Eq. 5; TopK: reconstruction)", "explained variance (training batches)",
-        "L0 (active latents per token)", "retention r(t) (Eq. 6)"))
+    fig = wrapped_grid(["training loss<br>(Eq. 5; TopK: reconstruction)",
+                        "explained variance<br>(training batches)",
+                        "L0<br>(active latents per token)", "retention r(t)<br>(Eq. 6)"],
+                       max_cols=2)  # fmt: skip
     sites = list(dict.fromkeys(history["site"]))
+    labels, hook = _site_labels(sites)
     colors = {s: qualitative.Plotly[i % len(qualitative.Plotly)] for i, s in enumerate(sites)}
     for (method, site), part in history.groupby(["method", "site"], sort=False):
-        name = f"{_LABEL.get(method, method)} · {site}"
+        name = f"{_LABEL.get(method, method)} · {labels[site]}"
         style = {"color": colors[site], "dash": _DASH.get(method, "solid")}
         for row, col, column in ((1, 1, "loss"), (1, 2, "explained_variance"), (2, 1, "l0")):
             fig.add_trace(go.Scatter(x=part["step"], y=part[column], mode="lines", name=name,
@@ -57,9 +61,28 @@ def plot_training_curves(history: pd.DataFrame, *, title: str | None = None) -> 
     fig.add_trace(go.Scatter(x=schedule["step"], y=schedule["retention"], mode="lines",
                              name="retention r(t)", line={"color": "black"}), row=2, col=2)
     fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(title=title or "AdaptiveCompress training curves", height=700)
+    fig.update_xaxes(title_text="step", title_standoff=4)
+    fig.update_layout(title=title or "AdaptiveCompress training curves"
+                      + (f" at {hook}" if hook else ""))  # fmt: skip
     return fig
+
+
+def _site_labels(sites: list[str]) -> tuple[dict[str, str], str | None]:
+    """Short labels of hook sites: ``L12`` for ``blocks.12.hook_resid_post`` when every site is
+    the same hook of a different layer (that hook is returned too), else the sites themselves.
+
+    Example:
+        >>> _site_labels(["blocks.0.hook_resid_post", "blocks.12.hook_resid_post"])
+        ({'blocks.0.hook_resid_post': 'L0', 'blocks.12.hook_resid_post': 'L12'}, 'hook_resid_post')
+        >>> _site_labels(["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"])[1] is None
+        True
+    """
+    found = [re.fullmatch(r"blocks\.(\d+)\.(.+)", str(s)) for s in sites]
+    hooks = {m.group(2) for m in found if m}
+    layers = [m.group(1) for m in found if m]
+    if all(found) and len(hooks) == 1 and len(set(layers)) == len(sites):
+        return {s: f"L{ell}" for s, ell in zip(sites, layers, strict=True)}, hooks.pop()
+    return {s: str(s) for s in sites}, None
 
 
 _QUALITY = (("explained_variance", "explained variance"),
@@ -67,29 +90,42 @@ _QUALITY = (("explained_variance", "explained variance"),
             ("l0", "L0"), ("kl", "KL (spliced), nats"), ("ce_loss_recovered", "CE loss recovered"))
 
 
-def plot_quality_comparison(metrics: pd.DataFrame, *, title: str | None = None) -> go.Figure:
+def plot_quality_comparison(
+    metrics: pd.DataFrame, *, title: str | None = None, max_cols: int = 3
+) -> go.Figure:
     """Quality per layer, the compressor's bars beside the TopK baseline's; "… of it from the
     latents" is the explained variance minus that of the reconstruction with the code zeroed.
+
+    One panel per metric, at most ``max_cols`` a row (six panels: 2 × 3); the layer axis of
+    every panel labels each layer with its integer.
 
     Example:
         >>> m = pd.DataFrame({"method": ["adaptive", "topk"], "layer": [0, 0],
         ...     "explained_variance": [0.2, 0.9], "latent_contribution": [0.0, 0.9],
         ...     "mse": [3.0, 0.1], "l0": [0.0, 16.0], "kl": [2.0, 0.1],
         ...     "ce_loss_recovered": [-0.5, 0.9]})
-        >>> len(plot_quality_comparison(m).data)
-        12
+        >>> fig = plot_quality_comparison(m)
+        >>> len(fig.data), list(fig.data[0].x), fig.layout.xaxis6.ticktext
+        (12, ['0'], ('0',))
     """
     _need(metrics, ("method", "layer", *(c for c, _ in _QUALITY)), "metrics")
-    fig = make_subplots(rows=1, cols=len(_QUALITY), subplot_titles=[t for _, t in _QUALITY])
-    for col, (column, _) in enumerate(_QUALITY, start=1):
+    fig = wrapped_grid([t for _, t in _QUALITY], max_cols)
+    n_cols = grid_shape(len(_QUALITY), max_cols)[1]
+    layers = [str(int(v)) for v in sorted(set(metrics["layer"]))]
+    for i, (column, _) in enumerate(_QUALITY):
+        row, col = divmod(i, n_cols)
         for method, part in metrics.groupby("method", sort=False):
-            fig.add_trace(go.Bar(x=[f"L{v}" for v in part["layer"]], y=part[column],
+            fig.add_trace(go.Bar(x=[str(int(v)) for v in part["layer"]], y=part[column],
                                  name=_LABEL.get(method, method), legendgroup=method,
-                                 marker_color=_COLOR.get(method), showlegend=col == 1,
-                                 hovertemplate=f"{column} %{{y:.4g}}<extra>{method}</extra>"),
-                          row=1, col=col)
+                                 marker_color=_COLOR.get(method), showlegend=i == 0,
+                                 hovertemplate=f"L%{{x}} {column} %{{y:.4g}}<extra>{method}"
+                                 "</extra>"), row=row + 1, col=col + 1)  # fmt: skip
+    # Categorical layers, every one labelled, in layer order (never 0.5 steps or "L" strings).
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=layers,
+                     tickmode="array", tickvals=layers, ticktext=layers, title_text="layer",
+                     title_standoff=4)  # fmt: skip
     fig.update_layout(barmode="group", title=title or "AdaptiveCompress vs TopK SAE of the "
-                      "same width, same tokens (evaluation split)", height=420)
+                      "same width, same tokens (evaluation split)")
     return fig
 
 
@@ -110,8 +146,10 @@ def plot_probing(probing: pd.DataFrame, *, title: str | None = None) -> go.Figur
     if "dataset" in frame.columns and frame["dataset"].nunique() > 1:
         frame["task"] = frame["dataset"].astype(str) + ": " + frame["task"].astype(str)
     sites, ks = list(dict.fromkeys(frame["site"])), sorted(frame["k"].unique())
-    fig = make_subplots(rows=len(sites), cols=len(ks), shared_yaxes=True,
-                        subplot_titles=[f"{s} · k={k}" for s in sites for k in ks])
+    labels, hook = _site_labels(sites)
+    # A site x k matrix: one row per site, one column per k, rows spaced in pixels so that
+    # tilted task names never reach the next row's titles.
+    fig = wrapped_grid([f"{labels[s]} · k={k}" for s in sites for k in ks], max_cols=len(ks))
     for r, site in enumerate(sites, start=1):
         for c, k in enumerate(ks, start=1):
             part = frame[(frame["site"] == site) & (frame["k"] == k)]
@@ -126,9 +164,10 @@ def plot_probing(probing: pd.DataFrame, *, title: str | None = None) -> go.Figur
                                      name="majority class", legendgroup="majority",
                                      showlegend=(r, c) == (1, 1)), row=r, col=c)
     fig.update_yaxes(range=[0, 1.02])
-    fig.update_layout(barmode="group", height=max(350, 260 * len(sites)),
-                      title=title or "Sparse probing: top-k latents by class-mean difference, "
-                      "logistic regression; black: majority-class baseline")
+    where = f" at {hook}" if hook else ""
+    fig.update_layout(barmode="group", title=title or f"Sparse probing{where}<br><span style="
+                      "'font-size:12px'>top-k latents by class-mean difference, logistic "
+                      "regression; black: majority-class baseline</span>")
     return fig
 
 

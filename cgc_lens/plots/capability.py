@@ -7,7 +7,6 @@ import pandas as pd
 import plotly.graph_objects as go
 from jaxtyping import Real
 from plotly.colors import qualitative
-from plotly.subplots import make_subplots
 from scipy.stats import rankdata
 
 from cgc_lens.analysis.allocation import Allocation
@@ -15,6 +14,7 @@ from cgc_lens.analysis.density import DensityResult
 from cgc_lens.analysis.evolution import SearchResult
 from cgc_lens.analysis.importance import RankCorrelation
 from cgc_lens.errors import CgcLensError
+from cgc_lens.plots.grid import grid_shape, wrapped_grid
 
 __all__ = [
     "allocation_bars",
@@ -222,29 +222,6 @@ def reallocation_map(allocation: Allocation, baseline: Allocation | None = None)
     return fig
 
 
-def _grid_shape(n: int, max_cols: int) -> tuple[int, int]:
-    """Rows and columns for ``n`` panels, at most ``max_cols`` a row, rows as full as can be
-    (4 panels: 2 × 2, 7 panels with 3 a row: 3 × 3)."""
-    n_rows = -(-n // max_cols)
-    return n_rows, -(-n // n_rows)
-
-
-def _wrapped_grid(titles: list[str], max_cols: int) -> go.Figure:
-    """Subplots for ``titles``, at most ``max_cols`` a row, with room (in pixels, whatever the
-    number of rows) for two-line titles above each row and tilted tick labels below it."""
-    n_rows, n_cols = _grid_shape(len(titles), max_cols)
-    panel_px, gap_px, top_px, bottom_px = 220, 115, 110, 70
-    plot_px = n_rows * panel_px + (n_rows - 1) * gap_px
-    fig = make_subplots(
-        rows=n_rows, cols=n_cols, subplot_titles=titles, horizontal_spacing=0.22 / n_cols,
-        vertical_spacing=gap_px / plot_px if n_rows > 1 else 0.0,
-    )  # fmt: skip
-    fig.update_annotations(font_size=13)  # the subplot titles
-    fig.update_layout(height=plot_px + top_px + bottom_px,
-                      margin={"t": top_px, "b": bottom_px})  # fmt: skip
-    return fig
-
-
 def allocation_bars(
     table: pd.DataFrame, *, reference: str | None = "dense", max_cols: int = 3
 ) -> go.Figure:
@@ -275,8 +252,8 @@ def allocation_bars(
         f"{float(table.loc[reference, metric]):.4g}</span>" if has_ref else str(metric)
         for metric in table.columns
     ]  # fmt: skip
-    fig = _wrapped_grid(titles, max_cols)
-    n_cols = _grid_shape(len(titles), max_cols)[1]
+    fig = wrapped_grid(titles, max_cols)
+    n_cols = grid_shape(len(titles), max_cols)[1]
     for i, metric in enumerate(table.columns):
         row, col = divmod(i, n_cols)
         values = bars[metric].to_numpy(dtype=float)

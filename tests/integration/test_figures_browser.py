@@ -1,7 +1,7 @@
-"""Every figure of the survival and capability studies, drawn by plotly.js in headless Chromium,
-is readable: head axes carry integer ticks, one per layer and head; no subplot title, figure
-title or annotation overlaps another or a tick label; the dissociation plot's right axis has
-round ticks.
+"""Every figure of the survival, capability and adaptive studies, drawn by plotly.js in headless
+Chromium, is readable: head and layer axes carry integer ticks, one per layer and head; no
+subplot title, figure title or annotation overlaps another or a tick label; the dissociation
+plot's right axis has round ticks.
 
 The figures come from the real plot functions on small synthetic results
 (``tests/unit/plots/figure_builders.py``), at a notebook's width and at the report's, one page
@@ -21,7 +21,12 @@ from pathlib import Path
 
 import pytest
 from plotly.offline import get_plotlyjs
-from unit.plots.figure_builders import capability_figures, density_result, survival_figures
+from unit.plots.figure_builders import (
+    adaptive_figures,
+    capability_figures,
+    density_result,
+    survival_figures,
+)
 
 from cgc_lens.plots import density_heatmap
 
@@ -50,6 +55,8 @@ HEADS = {
     "density_heatmap_48x16": (48, 16),
 }
 """The layer × head heatmaps and their (n_layers, n_heads)."""
+LAYER_AXES = {"adaptive.quality": (0, 1, 2, 3), "adaptive.quality_gpt2": (0, 6, 12, 18, 23)}
+"""Figures whose every x axis is a layer axis, and the layers it must label."""
 
 # Per figure: tick label texts per axis, and the boxes (page pixels) of every title, annotation
 # and axis title ("labels"), and of every tick label and bar (which no label may cover).
@@ -79,6 +86,11 @@ def _figures() -> dict[str, object]:
     figures = {**capability_figures(4, 4), **survival_figures()}
     figures["density_heatmap_12x16"] = density_heatmap(density_result(12, 16, seed=3))
     figures["density_heatmap_48x16"] = density_heatmap(density_result(48, 16, seed=4))
+    figures.update({f"adaptive.{k}": v for k, v in adaptive_figures().items()})
+    # a deep model's sites (e.g. GPT-2 medium's) and a wider choice of k in the probing grid
+    deep = adaptive_figures((0, 6, 12, 18, 23), ks=(1, 2, 5, 10), seed=1)
+    figures["adaptive.quality_gpt2"] = deep["quality"]
+    figures["adaptive.probing_gpt2"] = deep["probing"]
     return figures
 
 
@@ -165,6 +177,12 @@ def test_head_ticks_are_integers_and_no_title_overlaps(rendered):
                 texts = fig["axes"][axis]
                 if not all(t.isdigit() for t in texts) or sorted(map(int, texts)) != [*range(n)]:
                     problems.append(f"{fig['id']}: {what} ticks {texts}, want 0 .. {n - 1}")
+        if name in LAYER_AXES:  # every panel's x axis: each layer, as an integer
+            want = [str(ell) for ell in LAYER_AXES[name]]
+            x_axes = {a: t for a, t in fig["axes"].items() if a.startswith("x")}
+            assert len(x_axes) == 6, sorted(fig["axes"])
+            problems += [f"{fig['id']}: layer ticks of {a} are {t}, want {want}"
+                         for a, t in x_axes.items() if t != want]  # fmt: skip
         labels = fig["labels"]
         for a, b in itertools.combinations(labels, 2):
             if _overlap(a["box"], b["box"]):

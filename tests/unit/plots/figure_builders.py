@@ -1,10 +1,10 @@
-"""Small synthetic results and every figure of the two studies drawn from them.
+"""Small synthetic results and every figure of the three studies drawn from them.
 
 Shared by the plot unit tests (their fixtures) and the headless-Chromium figure test
 (``tests/integration/test_figures_browser.py``, which imports this module as
-``unit.plots.figure_builders``). The figure dicts mirror ``CapabilityResult.figures()`` and
-``SurvivalResult.figures()`` name for name, built by the real plot functions on results small
-enough to draw in milliseconds.
+``unit.plots.figure_builders``). The figure dicts mirror ``CapabilityResult.figures()``,
+``SurvivalResult.figures()`` and the figures ``AdaptiveResult.save`` writes, name for name,
+built by the real plot functions on results small enough to draw in milliseconds.
 """
 
 from __future__ import annotations
@@ -13,12 +13,19 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from cgc_lens.adaptive import DIAGNOSTICS
 from cgc_lens.analysis.allocation import cgc_l, inverted, uniform
 from cgc_lens.analysis.density import DensityResult
 from cgc_lens.analysis.evolution import EvoConfig, cgc_f
 from cgc_lens.analysis.fragility import FragilityPredictor, survival_by_quartile
 from cgc_lens.analysis.importance import rank_correlation
 from cgc_lens.analysis.survival import decile_table, summarize_condition, summary_table
+from cgc_lens.plots.adaptive import (
+    plot_diagnostics,
+    plot_probing,
+    plot_quality_comparison,
+    plot_training_curves,
+)
 from cgc_lens.plots.capability import (
     allocation_bars,
     density_heatmap,
@@ -127,4 +134,41 @@ def survival_figures() -> dict[str, go.Figure]:
         "deciles": plot_nonsurvival_deciles(deciles),
         "roc": plot_roc_curves(FragilityPredictor(n_splits=3).fit(X, y).roc_curves_),
         "quartiles": plot_quartile_survival(survival_by_quartile(X, y)),
+    }
+
+
+def adaptive_figures(layers: tuple[int, ...] = (0, 1, 2, 3), *, ks: tuple[int, ...] = (1, 2, 5),
+                     seed: int = 0) -> dict[str, go.Figure]:
+    """The four figures ``AdaptiveResult.save`` writes, on synthetic tables shaped like a
+    default cgc-tiny run's: one ``hook_resid_post`` site per layer, both methods (and the
+    residual stream for probing), every collapse check, probing at each ``k``."""
+    rng = np.random.default_rng(seed)
+    sites = [f"blocks.{ell}.hook_resid_post" for ell in layers]
+    methods = ("adaptive", "topk")
+    history = pd.DataFrame([
+        {"step": step, "method": m, "site": s, "layer": ell, "loss": 2.0 / step + rng.random(),
+         "explained_variance": 1 - 1 / step, "l0": 32 + 100 / step,
+         "retention": 1 - 0.5 * step / 200 if m == "adaptive" else np.nan}
+        for m in methods for s, ell in zip(sites, layers, strict=True)
+        for step in range(10, 201, 10)])  # fmt: skip
+    metrics = pd.DataFrame([
+        {"method": m, "site": s, "layer": ell, "explained_variance": rng.uniform(0.5, 1),
+         "latent_contribution": rng.uniform(0, 0.9), "mse": rng.uniform(0.01, 2),
+         "l0": rng.uniform(8, 64), "kl": rng.uniform(0.01, 1),
+         "ce_loss_recovered": rng.uniform(-0.2, 1)}
+        for m in methods for s, ell in zip(sites, layers, strict=True)])  # fmt: skip
+    tasks = ("prose vs rest", "code vs rest", "synthetic vs rest", "multiclass")
+    probing = pd.DataFrame([
+        {"dataset": "cgc-tiny", "method": m, "site": s, "task": t, "k": k,
+         "accuracy": rng.uniform(0.5, 1), "majority_accuracy": 1 / 3 if t == "multiclass" else 0.5}
+        for m in ("resid", *methods) for s in sites for t in tasks for k in ks])  # fmt: skip
+    diagnostics = pd.DataFrame([
+        {"method": m, "site": s, "name": n, "value": rng.random(),
+         "fired": bool(rng.random() < 0.2), "message": f"{n} of {m} at {s}"}
+        for m in methods for s in sites for n in DIAGNOSTICS])  # fmt: skip
+    return {
+        "quality": plot_quality_comparison(metrics),
+        "diagnostics": plot_diagnostics(diagnostics),
+        "training_curves": plot_training_curves(history),
+        "probing": plot_probing(probing),
     }
