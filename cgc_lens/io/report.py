@@ -1,9 +1,13 @@
-"""One self-contained HTML page per study: figures, tables, the config and the versions.
+"""One HTML page per study that opens with no network: figures, tables, the config and the
+versions.
 
 Every study's ``--out DIR`` also writes ``DIR/report.html`` through :func:`write_report` (or a
-:class:`Report` built section by section). The page opens with no network: plotly.js is inlined
-once in ``<head>``, the CSS is inline, and nothing is fetched. The writer only formats what it is
-given; it computes nothing (DESIGN: plots and reports show results, analyses make them).
+:class:`Report` built section by section). The CSS is inline and nothing is fetched from a
+network. plotly.js (4.8 MB) is stored once: inlined in ``<head>`` (the default: one
+self-contained file), or, in a results folder, read from the ``figures/plotly.min.js`` its
+figure pages share (:data:`SHARED_PLOTLYJS`), so that the folder opens offline when copied
+whole. The writer only formats what it is given; it computes nothing (DESIGN: plots and reports
+show results, analyses make them).
 
 Text is escaped. ``add_text`` understands a small Markdown subset (blank-line paragraphs, ``-``
 bullet lists, ``#`` headings, ``**bold**`` and ```code```); trusted HTML goes in with
@@ -17,56 +21,35 @@ import html
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from cgc_lens.io.configs import field_docs
 from cgc_lens.errors import CgcLensError
+from cgc_lens.io.configs import field_docs
+from cgc_lens.io.report_html import (
+    PAGE_CSS,
+    WIDE_TABLE_COLUMNS,
+    caption_html,
+    key_value_table,
+    markup,
+)
 
-__all__ = ["REPORT_FILENAME", "Report", "write_report"]
+__all__ = ["REPORT_FILENAME", "SHARED_PLOTLYJS", "Report", "figure_title", "write_report"]
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILENAME = "report.html"
 """The report's file name inside a study's ``--out`` folder."""
 
+SHARED_PLOTLYJS = "figures/plotly.min.js"
+"""Where a results folder keeps the one plotly.js that its report and figure pages share
+(plotly's ``include_plotlyjs="directory"`` writes it beside the figure pages)."""
+
 _MAX_VALUE_CHARS = 300  # a config value longer than this (an array, say) is cut in the table
-
-_CSS = """
-:root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --bg-alt: #f6f8fa; --accent: #0969da; }
-* { box-sizing: border-box; }
-body { margin: 0; color: var(--fg); background: #fff; line-height: 1.5;
-  font: 15px/1.5 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; }
-main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 64px; }
-h1 { font-size: 1.8em; margin: 0.4em 0 0.2em; }
-h2 { font-size: 1.35em; margin: 1.6em 0 0.5em; padding-bottom: 0.2em;
-  border-bottom: 1px solid var(--line); }
-h3 { font-size: 1.1em; margin: 1.2em 0 0.4em; }
-a { color: var(--accent); text-decoration: none; }
-a:hover { text-decoration: underline; }
-code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
-  background: var(--bg-alt); padding: 0.1em 0.3em; border-radius: 4px; }
-nav.toc { background: var(--bg-alt); border: 1px solid var(--line); border-radius: 6px;
-  padding: 8px 20px; margin: 16px 0; }
-nav.toc h2 { border: 0; margin: 0.4em 0; font-size: 1.05em; }
-nav.toc ol { margin: 0.2em 0 0.6em; padding-left: 1.4em; }
-figure { margin: 0; }
-figcaption, .caption { color: var(--muted); font-size: 0.92em; margin: 0.4em 0 0.8em; }
-.table-wrap { overflow-x: auto; max-height: 640px; overflow-y: auto; }
-table { border-collapse: collapse; font-size: 0.9em; font-variant-numeric: tabular-nums; }
-th, td { border: 1px solid var(--line); padding: 4px 10px; text-align: right; vertical-align: top; }
-th { background: var(--bg-alt); position: sticky; top: 0; }
-table.key-value td:first-child, table.key-value th { text-align: left; }
-table.key-value td:nth-child(2) { text-align: left; font-family: ui-monospace, Menlo, monospace; }
-table.key-value td:nth-child(3) { text-align: left; color: var(--muted); }
-tbody tr:nth-child(even) { background: #fbfcfd; }
-footer { color: var(--muted); font-size: 0.85em; margin-top: 48px; }
-"""
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Section:
@@ -81,7 +64,8 @@ class _Section:
 
 
 class Report:
-    """A self-contained HTML report, built section by section and written with :meth:`write`.
+    """An HTML report that opens offline, built section by section and written with
+    :meth:`write`.
 
     Args:
         title: page title and top heading.
@@ -115,7 +99,7 @@ class Report:
         """
         if not isinstance(text, str):
             raise CgcLensError(f"add_text takes a string, got {type(text).__name__}.")
-        self._add("text", title, text if html else _markup(text))
+        self._add("text", title, text if html else markup(text))
 
     def add_figure(
         self, fig: go.Figure, *, title: str | None = None, caption: str | None = None
@@ -138,9 +122,9 @@ class Report:
             default_height="480px",
             config={"displaylogo": False, "responsive": True},
         )
-        if title is None and fig.layout.title.text:
-            title = " ".join(re.sub(r"<[^>]*>", " ", fig.layout.title.text).split()) or None
-        self._add("figure", title, f"<figure>{div}{_caption(caption, 'figcaption')}</figure>")
+        if title is None:
+            title = figure_title(fig)
+        self._add("figure", title, f"<figure>{div}{caption_html(caption, 'figcaption')}</figure>")
 
     def add_table(
         self,
@@ -176,8 +160,10 @@ class Report:
             float_format=_float_formatter(float_format), classes="data",
         )  # fmt: skip
         shape = f"{table.shape[0]} rows × {table.shape[1]} columns"
+        if table.shape[1] > WIDE_TABLE_COLUMNS:
+            shape += "; scroll sideways for the rest, the first column stays in view"
         note = f"{caption} ({shape})" if caption else shape
-        self._add("table", title, f'<div class="table-wrap">{body}</div>{_caption(note, "p")}')
+        self._add("table", title, f'<div class="table-wrap">{body}</div>{caption_html(note, "p")}')
 
     def add_config(self, config: Any, *, title: str = "Configuration") -> None:
         """Add a config: a dataclass instance or a mapping, one row per (nested) field.
@@ -194,18 +180,31 @@ class Report:
             )
         rows = _flatten(config)
         name = type(config).__name__ if dataclasses.is_dataclass(config) else None
-        caption = _caption(name, "p")
-        self._add("config", title, _key_value_table(rows, ("field", "value", "meaning")) + caption)
+        caption = caption_html(name, "p")
+        self._add("config", title, key_value_table(rows, ("field", "value", "meaning")) + caption)
 
     def add_versions(self, versions: Mapping[str, str], *, title: str = "Versions") -> None:
         """Add the library versions that made the results (e.g. ``cgc_lens.cli.versions()``)."""
         if not isinstance(versions, Mapping) or not versions:
             raise CgcLensError(f"add_versions takes a non-empty mapping, got {versions!r:.80}.")
         rows = [(str(k), str(v), "") for k, v in versions.items()]
-        self._add("versions", title, _key_value_table(rows, ("library", "version")))
+        self._add("versions", title, key_value_table(rows, ("library", "version")))
 
-    def to_html(self) -> str:
-        """The whole page as one string."""
+    @property
+    def titles(self) -> list[str]:
+        """The titles of the sections so far (the entries of the table of contents)."""
+        return [s.title for s in self._sections if s.title]
+
+    def to_html(self, *, plotlyjs: str = "inline") -> str:
+        """The whole page as one string.
+
+        Args:
+            plotlyjs: ``"inline"``: plotly.js goes into the page (one self-contained file);
+                or the path of a plotly.js file relative to the page (e.g.
+                :data:`SHARED_PLOTLYJS`), read with ``<script src>``: the page then opens
+                offline beside that file.
+        """
+        _check_plotlyjs(plotlyjs)
         toc = "".join(
             f'<li><a href="#{s.anchor}">{html.escape(s.title)}</a></li>'
             for s in self._sections
@@ -221,20 +220,36 @@ class Report:
         )
         # plotly.js goes in only when a figure needs it (4-5 MB); a `</script>` cannot occur in it
         # (plotly's own to_html inlines it the same way).
-        plotlyjs = f'<script id="plotlyjs">{get_plotlyjs()}</script>' if self._n_figures else ""
+        if not self._n_figures:
+            script, footer = "", "Self-contained: opens with no network."
+        elif plotlyjs == "inline":
+            script = f'<script id="plotlyjs">{get_plotlyjs()}</script>'
+            footer = "Self-contained: opens with no network."
+        else:
+            src = html.escape(plotlyjs)
+            script = f'<script id="plotlyjs" src="{src}"></script>'
+            footer = (f"Opens with no network; the figures are drawn by <code>{src}</code> beside "
+                      "this page: copy or share the folder whole.")
         title = html.escape(self.title)
         return (
             "<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{title}</title>\n<style>{_CSS}</style>\n{plotlyjs}\n</head>\n"
+            f"<title>{title}</title>\n<style>{PAGE_CSS}</style>\n{script}\n</head>\n"
             f"<body>\n<main>\n<h1>{title}</h1>\n{nav}\n{sections}\n"
-            "<footer>Written by cgc-lens. Self-contained: opens with no network.</footer>\n"
+            f"<footer>Written by cgc-lens. {footer}</footer>\n"
             "</main>\n</body>\n</html>\n"
         )
 
-    def write(self, path: str | Path) -> Path:
-        """Write the page to ``path`` (parent folders are made) and return the path."""
+    def write(self, path: str | Path, *, plotlyjs: str = "inline") -> Path:
+        """Write the page to ``path`` (parent folders are made) and return the path.
+
+        Args:
+            path: the page's file.
+            plotlyjs: as in :meth:`to_html`; a relative path is written (plotly.js of the
+                installed plotly) when the page has a figure and no file is there yet.
+        """
+        _check_plotlyjs(plotlyjs)
         path = Path(path)
         if path.is_dir():
             raise CgcLensError(
@@ -242,7 +257,13 @@ class Report:
                 f"use {path / REPORT_FILENAME} (or write_report(out_dir, ...))."
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_html(), encoding="utf-8")
+        page = self.to_html(plotlyjs=plotlyjs)
+        if self._n_figures and plotlyjs != "inline":
+            js = path.parent / plotlyjs
+            if not js.is_file():  # plotly's include_plotlyjs="directory" writes the same text
+                js.parent.mkdir(parents=True, exist_ok=True)
+                js.write_text(get_plotlyjs(), encoding="utf-8")
+        path.write_text(page, encoding="utf-8")
         logger.info("Wrote report %s (%d sections)", path, len(self._sections))
         return path
 
@@ -266,17 +287,25 @@ def write_report(
     config: Any = None,
     versions: Mapping[str, str] | None = None,
     intro: str | None = None,
+    plotlyjs: str = "inline",
 ) -> Path:
     """Write ``out_dir/report.html``: intro, figures, tables, config, versions, in that order.
+
+    Every entry of the table of contents is distinct: a figure's section is titled by the
+    figure's own title (its first line), or by its name when it has none; a table named like an
+    earlier section is titled ``"<name> (table)"``.
 
     Args:
         out_dir: the study's output folder (made if missing).
         title: page title.
-        figures: figures by section title, or a sequence (each titled by its own layout title).
+        figures: figures by name, or a sequence of figures.
         tables: DataFrames by section title.
-        config: the study's config (dataclass instance or mapping), if any.
+        config: the study's config (a dataclass instance, whose field docstrings fill the
+            "meaning" column, or a mapping), if any.
         versions: library versions, e.g. ``cgc_lens.cli.versions()``.
         intro: text (the Markdown subset of :meth:`Report.add_text`) shown first.
+        plotlyjs: ``"inline"`` or a path relative to ``out_dir`` (see :meth:`Report.to_html`;
+            a results folder passes :data:`SHARED_PLOTLYJS`).
 
     Returns:
         The path of the written page.
@@ -294,23 +323,46 @@ def write_report(
         report.add_text(intro)
     items = figures.items() if isinstance(figures, Mapping) else ((None, f) for f in figures)
     for name, fig in items:
-        report.add_figure(fig, title=name)
+        if not isinstance(fig, go.Figure):  # before figure_title reads its layout
+            raise CgcLensError(f"figures must be plotly go.Figures, got {type(fig).__name__} "
+                               f"for {name!r}.")  # fmt: skip
+        report.add_figure(fig, title=figure_title(fig) or name)
     for name, table in (tables or {}).items():
-        report.add_table(table, title=name)
+        report.add_table(table, title=f"{name} (table)" if name in report.titles else name)
     if config is not None:
         report.add_config(config)
     if versions is not None:
         report.add_versions(versions)
-    return report.write(Path(out_dir) / REPORT_FILENAME)
+    return report.write(Path(out_dir) / REPORT_FILENAME, plotlyjs=plotlyjs)
+
+
+def figure_title(fig: go.Figure) -> str | None:
+    """A figure's title as plain text: its first line, without markup; None if it has none.
+
+    Example:
+        >>> figure_title(go.Figure(layout={"title": "Sparse <b>probing</b><br><sup>k</sup>"}))
+        'Sparse probing'
+    """
+    text = fig.layout.title.text or ""
+    first = re.split(r"<br\s*/?>", text, maxsplit=1, flags=re.I)[0]
+    return " ".join(re.sub(r"<[^>]*>", " ", first).split()) or None
+
+
+def _check_plotlyjs(plotlyjs: str) -> None:
+    if plotlyjs == "inline":
+        return
+    ok = isinstance(plotlyjs, str) and plotlyjs.endswith(".js") and "\\" not in plotlyjs
+    parts = PurePosixPath(plotlyjs).parts if ok else ()
+    if not ok or ":" in plotlyjs or plotlyjs.startswith("/") or ".." in parts:
+        raise CgcLensError(
+            f"plotlyjs must be 'inline' or the path of a .js file relative to the page, inside "
+            f"its folder (such as {SHARED_PLOTLYJS!r}); got {plotlyjs!r}."
+        )
 
 
 def _check_title(title: str | None) -> None:
     if title is not None and (not isinstance(title, str) or not title.strip()):
         raise CgcLensError(f"A section title must be a non-empty string or None, got {title!r}.")
-
-
-def _caption(text: str | None, tag: str) -> str:
-    return f'<{tag} class="caption">{html.escape(text)}</{tag}>' if text else ""
 
 
 def _float_formatter(spec: str | Callable[[float], str] | None) -> Callable[[float], str] | None:
@@ -344,46 +396,3 @@ def _flatten(obj: Any, prefix: str = "") -> list[tuple[str, str, str]]:
                 text = text[: _MAX_VALUE_CHARS - 1] + "…"
             rows.append((prefix + key, text, doc))
     return rows
-
-
-def _key_value_table(rows: list[tuple[str, str, str]], header: tuple[str, ...]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    # Field docstrings are reST: ``x`` is shown as code, everything else escaped.
-    cells = [(html.escape(k), html.escape(v), _inline(d.replace("``", "`"))) for k, v, d in rows]
-    body = "".join(
-        "<tr>" + "".join(f"<td>{c}</td>" for c in row[: len(header)]) + "</tr>" for row in cells
-    )
-    return f'<div class="table-wrap"><table class="key-value"><thead><tr>{head}</tr></thead>' \
-        f"<tbody>{body}</tbody></table></div>"  # fmt: skip
-
-
-def _inline(text: str) -> str:
-    # Split on backticks first so that code spans are escaped but never turned bold.
-    parts = text.split("`")
-    if len(parts) % 2 == 0:  # an unmatched backtick is kept as a literal one
-        parts[-2:] = [parts[-2] + "`" + parts[-1]]
-    out = []
-    for i, part in enumerate(parts):
-        escaped = html.escape(part)
-        if i % 2:
-            out.append(f"<code>{escaped}</code>")
-        else:
-            out.append(re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", escaped))
-    return "".join(out)
-
-
-def _markup(text: str) -> str:
-    blocks = [b for b in re.split(r"\n\s*\n", text.strip()) if b.strip()]
-    out = []
-    for block in blocks:
-        lines = [line.strip() for line in block.splitlines()]
-        heading = re.match(r"(#{1,3})\s+(.*)", lines[0]) if len(lines) == 1 else None
-        if heading:
-            level = len(heading.group(1)) + 2  # # → h3: the section heading is the h2
-            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-        elif all(re.match(r"[-*]\s", line) for line in lines):
-            items = "".join(f"<li>{_inline(line[2:].strip())}</li>" for line in lines)
-            out.append(f"<ul>{items}</ul>")
-        else:
-            out.append(f"<p>{_inline(' '.join(lines))}</p>")
-    return "\n".join(out)

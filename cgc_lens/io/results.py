@@ -7,7 +7,8 @@ A results folder holds
 - ``tables/<name>.csv``: DataFrames (per-feature, per-condition, per-head tables);
 - ``arrays.safetensors``: named arrays (float64 kept as float64);
 - ``figures/<name>.html``: each plotly figure on its own page;
-- ``report.html``: everything on one self-contained page (:mod:`cgc_lens.io.report`);
+- ``report.html``: everything on one page (:mod:`cgc_lens.io.report`), drawn by the same
+  ``figures/plotly.min.js`` as the figure pages (plotly.js stored once);
 - ``MANIFEST.json``: the size and SHA-256 of every other file, written last
   (:mod:`cgc_lens.io.manifest`).
 
@@ -39,7 +40,7 @@ from safetensors.torch import load, save_file
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.io.manifest import check_manifest, warn_unsealed
-from cgc_lens.io.report import write_report
+from cgc_lens.io.report import SHARED_PLOTLYJS, write_report
 from cgc_lens.io.staging import leftovers, staged_folder
 
 __all__ = ["ResultsFolder", "read_results", "to_jsonable", "versions", "write_results"]
@@ -154,9 +155,10 @@ def write_results(
            "versions": versions()}
     with staged_folder(out_dir, overwrite=overwrite) as stage:
         _write_files(stage, doc, tables or {}, arrays or {}, figures or {})
+        # the report reads the figures' plotly.min.js: plotly.js stored once per folder
         write_report(stage, title or f"cgc-lens {study}", figures=dict(figures or {}),
                      tables=dict(tables or {}), config=config, versions=doc["versions"],
-                     intro=intro)
+                     intro=intro, plotlyjs=SHARED_PLOTLYJS)
         if extra is not None:
             extra(stage)
     return Path(out_dir)

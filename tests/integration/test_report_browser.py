@@ -172,3 +172,62 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert toc == [*figures, "Summary", "Configuration", "Versions"]
     assert table_cells == summary.size
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_results_folder_report_reads_the_shared_plotlyjs_and_wide_tables_scroll(tmp_path):
+    """A study's folder: report.html draws its figures with figures/plotly.min.js (the file the
+    figure pages read), offline; a 28-column table scrolls inside its box, not the page, with
+    its first column still in view at the far right; the config shows its meanings."""
+    from playwright.sync_api import sync_playwright
+
+    from cgc_lens.io.results import write_results
+
+    figures, summary = _figures()
+    rng = np.random.default_rng(0)
+    heads = pd.DataFrame(rng.random((16, 28)), columns=[f"column_{i}" for i in range(28)])
+    figures["taxonomy"].update_layout(title=None)  # titled by its name, like the table
+    out = write_results(tmp_path / "run", study="demo", config=DensityConfig(), payload={},
+                        figures={k.split()[0]: v for k, v in figures.items()},
+                        tables={"heads": heads, "taxonomy": summary})  # fmt: skip
+    errors, requests = [], []
+    with sync_playwright() as pw:
+        context = _launch(pw, tmp_path / "profile")
+        try:
+            page = context.new_page()
+            page.on("pageerror", lambda e: errors.append(f"uncaught: {e}"))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((out / "report.html").as_uri(), wait_until="load", timeout=TIMEOUT_MS)
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.plotly-graph-div')]"
+                ".every(gd => gd._fullLayout && gd.querySelector('.main-svg'))",
+                timeout=TIMEOUT_MS,
+            )
+            found = page.evaluate("""() => {
+              const wrap = document.querySelector('#heads .table-wrap');
+              const before = [wrap.scrollWidth, wrap.clientWidth];
+              wrap.scrollLeft = wrap.scrollWidth;
+              const box = wrap.getBoundingClientRect();
+              const cells = [...wrap.querySelectorAll('thead th')];
+              const first = cells[0].getBoundingClientRect();
+              const last = cells[cells.length - 1].getBoundingClientRect();
+              return {before, scrolled: wrap.scrollLeft, page: document.documentElement.scrollWidth,
+                      view: window.innerWidth, first: [first.left, first.right],
+                      last: [last.left, last.right], box: [box.left, box.right],
+                      toc: [...document.querySelectorAll('nav.toc a')].map(a => a.textContent),
+                      meanings: [...document.querySelectorAll('#configuration td:nth-child(3)')]
+                                .map(td => td.textContent)};
+            }""")
+        finally:
+            context.close()
+    assert not errors, errors
+    assert sorted(u.split("/run/")[-1] for u in requests) == ["figures/plotly.min.js",
+                                                              "report.html"]  # fmt: skip
+    width, visible = found["before"]
+    assert width > 2 * visible and found["scrolled"] > width / 2  # it scrolls, sideways
+    assert found["page"] <= found["view"]  # the page itself never does
+    left, right = found["box"]
+    assert abs(found["first"][0] - left) <= 2  # the first column pinned at the left edge
+    assert found["last"][1] <= right + 1 and found["last"][0] >= found["first"][1]
+    assert len(found["toc"]) == len(set(found["toc"])) and "taxonomy (table)" in found["toc"]
+    assert found["meanings"] and all(m.strip() for m in found["meanings"])

@@ -256,7 +256,7 @@ class CapabilityResult:
         ``overwrite`` replaces a non-empty ``out_dir`` whole."""
         frame = self.table().reset_index()
         return write_results(
-            out_dir, study="capability", config=self.config.to_dict(), payload=self.payload(),
+            out_dir, study="capability", config=self.config, payload=self.payload(),
             tables={"heads": self.to_frame(), "table1": frame}, arrays=self.arrays(),
             figures=self.figures(), title=f"Capability density study: {self.model_name}",
             intro="Capability density per head (Gupta 2026, Defs 1-4), its agreement with Wanda, "

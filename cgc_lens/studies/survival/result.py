@@ -248,7 +248,7 @@ class SurvivalResult:
             (folder / "tables").mkdir(exist_ok=True)
             features.to_csv(folder / "tables" / "features.csv", index=False)
 
-        return write_results(out_dir, study=STUDY, config=self.config.to_dict(),
+        return write_results(out_dir, study=STUDY, config=self.config,
                              payload=self._payload(), tables=self.tables(), arrays=arrays,
                              figures=self.figures(), title="cgc-lens survival audit", intro=intro,
                              overwrite=overwrite, extra=write_features)

@@ -1,17 +1,26 @@
-"""The HTML report writer: sections, one inlined plotly.js, no network, escaping, bad input."""
+"""The HTML report writer: sections, plotly.js once (inlined, or shared with the figure pages of a
+results folder), no network, escaping, config meanings, wide tables, bad input."""
 
 from __future__ import annotations
 
 import dataclasses
+import html
+import json
 import re
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from plotly.offline import get_plotlyjs
 
 from cgc_lens.analysis.density import DensityConfig
 from cgc_lens.errors import CgcLensError
-from cgc_lens.io.report import Report, write_report
+from cgc_lens.io.configs import field_docs
+from cgc_lens.io.report import SHARED_PLOTLYJS, Report, write_report
+from cgc_lens.io.report_html import WIDE_TABLE_COLUMNS
+from cgc_lens.io.results import read_results, write_results
+from cgc_lens.studies import AdaptiveStudyConfig, CapabilityConfig, SurvivalConfig
 
 PLOTLYJS = re.compile(r'<script id="plotlyjs">.*?</script>', flags=re.S)
 
@@ -172,8 +181,78 @@ def test_write_report(tmp_path):
     page = path.read_text(encoding="utf-8")
     assert _toc(page) == ["First", "Second", "Summary", "Configuration", "Versions"]
     assert "<p>Hello <strong>there</strong>.</p>" in page
-    assert write_report(out, "Again", figures={"Named": _bar("ignored")}) == path
-    assert _toc(path.read_text(encoding="utf-8")) == ["Named"]
+    # a figure's section: its own title's first line, its name when it has none; a table named
+    # like an earlier section is told apart, so no entry of the contents appears twice
+    deciles = {"deciles": pd.DataFrame({"a": [1]})}
+    titled = {"deciles": _bar("Non-survival <b>by</b> decile<br><sup>sub</sup>"), "x": _bar()}
+    assert write_report(out, "Again", figures=titled, tables=deciles) == path
+    assert _toc(path.read_text(encoding="utf-8")) == ["Non-survival by decile", "x", "deciles"]
+    write_report(out, "Again", figures={"deciles": _bar()}, tables=deciles)
+    assert _toc(path.read_text(encoding="utf-8")) == ["deciles", "deciles (table)"]
+
+
+def test_plotlyjs_shared_with_the_figure_pages(tmp_path):
+    js = tmp_path / SHARED_PLOTLYJS
+    path = write_report(tmp_path, "Shared", figures=[_bar("a"), _bar("b")],
+                        plotlyjs=SHARED_PLOTLYJS)  # fmt: skip
+    page = path.read_text(encoding="utf-8")
+    assert page.count('<script id="plotlyjs" src="figures/plotly.min.js"></script>') == 1
+    assert "* plotly.js v" not in page and len(page) < 100_000  # 4.8 MB less than inlined
+    assert page.count("Plotly.newPlot(") == 2 and "copy or share the folder whole" in page
+    assert js.read_text(encoding="utf-8") == get_plotlyjs()  # written when missing
+    js.write_text("/* plotly's own copy */", encoding="utf-8")
+    write_report(tmp_path, "Again", figures=[_bar("a")], plotlyjs=SHARED_PLOTLYJS)
+    assert js.read_text(encoding="utf-8") == "/* plotly's own copy */"  # an existing one is kept
+    bare = write_report(tmp_path / "tables", "No figures", tables={"t": pd.DataFrame({"a": [1]})},
+                        plotlyjs=SHARED_PLOTLYJS)  # fmt: skip
+    assert "plotly" not in bare.read_text(encoding="utf-8").lower()
+    assert not (bare.parent / "figures").exists()
+
+
+@pytest.mark.parametrize("bad", ["/abs/plotly.js", "../plotly.min.js", "https://cdn/plotly.js",
+                                 "figures/plotly.css", "a\\b.js"])  # fmt: skip
+def test_plotlyjs_must_be_inline_or_a_relative_js_path(tmp_path, bad):
+    with pytest.raises(CgcLensError, match="plotlyjs must be 'inline' or the path"):
+        Report(title="t").write(tmp_path / "r.html", plotlyjs=bad)
+
+
+def test_results_folder_stores_plotlyjs_once_and_seals_it(tmp_path):
+    out = write_results(tmp_path / "run", study="demo", config=DensityConfig(), payload={},
+                        figures={"a": _bar("A"), "b": _bar("B")},
+                        tables={"a": pd.DataFrame({"x": [1]})})  # fmt: skip
+    banner = [p.relative_to(out).as_posix() for p in out.rglob("*")
+              if p.is_file() and "* plotly.js v" in p.read_text(encoding="utf-8")]  # fmt: skip
+    assert banner == [SHARED_PLOTLYJS]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f'src="{SHARED_PLOTLYJS}"' in page
+    for name in ("a", "b"):  # plotly's "directory" pages read the same file
+        figure_page = (out / "figures" / f"{name}.html").read_text(encoding="utf-8")
+        assert re.search(r'<script [^>]*src="plotly.min.js"', figure_page)
+    manifest = json.loads((out / "MANIFEST.json").read_text(encoding="utf-8"))
+    assert json.dumps(manifest).count("plotly.min.js") == 1
+    assert read_results(out).config["tau_min"] == DensityConfig().tau_min  # checked, loads
+
+
+def test_config_meanings_of_every_study_config():
+    for config in (SurvivalConfig(), CapabilityConfig(), AdaptiveStudyConfig()):
+        report = Report(title="t")
+        report.add_config(config)
+        rows = re.findall(r"<tr><td>([^<]*)</td><td>.*?</td><td>(.*?)</td></tr>", report.to_html())
+        assert len(rows) >= 20
+        assert not [key for key, meaning in rows if not meaning.strip()], type(config).__name__
+        docs = field_docs(type(config))
+        assert dict(rows)["seed" if "seed" in docs else "model"] == html.escape(
+            docs["seed" if "seed" in docs else "model"]).replace("``", "`")
+
+
+def test_wide_tables_say_that_they_scroll():
+    report = Report(title="t")
+    report.add_table(pd.DataFrame(np.zeros((2, WIDE_TABLE_COLUMNS + 1))), title="wide")
+    report.add_table(pd.DataFrame(np.zeros((2, WIDE_TABLE_COLUMNS))), title="narrow")
+    page = report.to_html()
+    assert page.count("scroll sideways") == 1
+    assert f"2 rows × {WIDE_TABLE_COLUMNS + 1} columns; scroll sideways" in page
+    assert "table.data tr > :first-child { position: sticky; left: 0;" in page
 
 
 @pytest.mark.parametrize(
