@@ -14,6 +14,7 @@ from cgc_lens.analysis.density import (
 from cgc_lens.errors import CgcLensError
 
 L, H, F, K = 2, 3, 16, 4
+SAMPLED = DensityConfig(all_pairs_max_bytes=0)  # Ψ over drawn pairs (the fallback)
 
 
 def make_stream(n_tokens=120, n_cats=3, seed=0, zero_frac=0.2):
@@ -102,7 +103,7 @@ def test_consistency_matches_naive_jaccard_on_recorded_pairs():
         cats,
         32,
     )
-    res = capability_density(acc, DensityConfig(n_pairs=300, seed=3))
+    res = capability_density(acc, DensityConfig(n_pairs=300, seed=3, all_pairs_max_bytes=0))
     sets = active_sets(idx, vals)
     for ell in range(L):
         pairs = res.pairs[ell]
@@ -151,8 +152,8 @@ def test_batch_size_layerwise_feeding_and_seed_reproducible():
     def make():
         return FeatureAccumulator(n_layers=L, n_heads=H, d_sae=F, sample_per_category=10)
 
-    a = capability_density(feed(make(), idx, vals, cats, 7))
-    b = capability_density(feed(make(), idx, vals, cats, 200))
+    a = capability_density(feed(make(), idx, vals, cats, 7), SAMPLED)
+    b = capability_density(feed(make(), idx, vals, cats, 200), SAMPLED)
     per_layer = make()
     for ell in range(L):
         sl = slice(ell * H, (ell + 1) * H)
@@ -163,13 +164,15 @@ def test_batch_size_layerwise_feeding_and_seed_reproducible():
                 values=vals[s : s + 33, sl],
                 layer=ell,
             )
-    c = capability_density(per_layer)
+    c = capability_density(per_layer, SAMPLED)
     for other in (b, c):
         np.testing.assert_array_equal(a.density, other.density)
         np.testing.assert_array_equal(a.pairs, other.pairs)
     # the same tokens are sampled for every layer, and the same pairs drawn
     np.testing.assert_array_equal(a.pairs[0], a.pairs[1])
-    d = capability_density(feed(make(), idx, vals, cats, 50), DensityConfig(seed=9))
+    d = capability_density(
+        feed(make(), idx, vals, cats, 50), DensityConfig(seed=9, all_pairs_max_bytes=0)
+    )
     assert not np.array_equal(a.pairs, d.pairs)
 
 
@@ -181,10 +184,10 @@ def test_merged_shards_equal_one_pass():
             n_layers=L, n_heads=H, d_sae=F, sample_per_category=10, token_offset=offset
         )
 
-    whole = capability_density(feed(make(), idx, vals, cats, 64))
+    whole = capability_density(feed(make(), idx, vals, cats, 64), SAMPLED)
     a = feed(make(), idx[:120], vals[:120], cats[:120], 64)
     b = feed(make(120), idx[120:], vals[120:], cats[120:], 64)
-    merged = capability_density(a.merge(b))
+    merged = capability_density(a.merge(b), SAMPLED)
     np.testing.assert_array_equal(merged.density, whole.density)
     np.testing.assert_array_equal(merged.pairs, whole.pairs)
     clash = feed(make(), idx[120:], vals[120:], cats[120:], 64)
@@ -222,7 +225,9 @@ def test_pair_weighting_follows_category_sizes():
         ("tokens", 160 * 40 / (160 * 40 * 2 + 40 * 40)),
         ("balanced", 1 / 3),
     ):
-        res = capability_density(acc, DensityConfig(n_pairs=6000, pair_weighting=weighting))
+        res = capability_density(
+            acc, DensityConfig(n_pairs=6000, pair_weighting=weighting, all_pairs_max_bytes=0)
+        )
         pc = np.sort(cats.numpy()[res.pairs[0]], axis=1)
         frac_01 = np.mean((pc[:, 0] == 0) & (pc[:, 1] == 1))
         assert frac_01 == pytest.approx(expected_01, abs=0.03)
