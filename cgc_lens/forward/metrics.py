@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from cgc_lens.data import TokenBlocks, Window, sliding_windows
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.logits import final_residual, log_probs, unembed_nll
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -29,11 +30,6 @@ __all__ = [
     "token_nll",
     "unigram_perplexity",
 ]
-
-
-def log_probs(logits: Tensor) -> Tensor:
-    """``log_softmax`` over the vocabulary in at least float32 (float64 stays float64)."""
-    return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
 
 
 def token_nll(
@@ -269,20 +265,24 @@ def _scored_nll(
     model: HookedTransformer, rows: Tensor, batches: list[list[tuple[int, int, int, int]]], *,
     bos: int | None, progress: bool,
 ) -> tuple[Tensor, int]:
-    """Summed NLL (float64) and count of the positions each window scores."""
+    """Summed NLL (float64) and count of the positions each window scores, unembedding only
+    the scored positions, a chunk at a time (:func:`unembed_nll`)."""
     device = next(model.parameters()).device
     nll_sum, n_tokens = torch.zeros((), dtype=torch.float64), 0
     with torch.inference_mode():
+        w_t = model.unembed.W_U.T.contiguous()  # what every Unembed.forward makes, made once
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
             inputs = torch.stack([rows[r, b:e] for r, b, e, _ in batch])
             if bos is not None:
                 inputs = torch.cat([torch.full_like(inputs[:, :1], bos), inputs], dim=1)
             inputs = inputs.to(device=device, dtype=torch.long)
-            nll = token_nll(model(inputs, return_type="logits"), inputs)
-            # nll[:, j] scores input position j + 1, i.e. stream position begin + j + 1 - bos
+            # position j of inputs[:, :-1] predicts input j + 1, i.e. stream position
+            # begin + j + 1 - bos; each window scores the positions from its score_from on
             first = torch.tensor([s - b - 1 + (bos is not None) for _, b, _, s in batch])
-            mask = torch.arange(nll.shape[1])[None] >= first[:, None]
-            nll_sum += nll[mask.to(device)].double().sum().cpu()
+            mask = (torch.arange(inputs.shape[1] - 1)[None] >= first[:, None]).to(device)
+            resid = final_residual(model, inputs)[:, :-1][mask]
+            nll = unembed_nll(model, resid, inputs[:, 1:][mask], w_t=w_t)
+            nll_sum += nll.double().sum().cpu()
             n_tokens += int(mask.sum())
     return nll_sum, n_tokens
 
