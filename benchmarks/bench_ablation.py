@@ -14,8 +14,9 @@ Three timings, interleaved in one run (medians and minima over ``--reps``):
 
 Targets: sweep / floor ≤ 1.15; ΔPPL equal to the naive loop's to 1e-5 (checked in float64,
 where float32 rounding through many layers of a random model does not blur it; the float32
-difference is printed too).
+difference is printed too). The exit status is 1 when the float64 check fails.
 
+    python benchmarks/bench_ablation.py --smoke                      # seconds, random model (CI)
     python benchmarks/bench_ablation.py --threads 1 --reps 5         # cgc-tiny (random if absent)
     python benchmarks/bench_ablation.py --model gpt2-medium-shapes --threads 1 --reps 3 \
         --seq 32 --layers 0 12 23 --check-heads 2                   # 24 × 16 heads, vocab 8192
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -41,11 +43,13 @@ SHAPES = {  # random TransformerLens models with the real shapes (vocab reduced 
                             d_vocab=2048, n_ctx=128),
     "gpt2-medium-shapes": dict(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096,
                                d_vocab=8192, n_ctx=1024),  # real vocab: 50257
+    "smoke": dict(n_layers=2, d_model=32, n_heads=2, d_head=16, d_mlp=64, d_vocab=512, n_ctx=32),
 }
 DEFAULTS = {  # blocks, seq, batch size, layers swept (None: all)
     "cgc-tiny": (8, 128, 8, None),
     "cgc-tiny-shapes": (8, 128, 8, None),
     "gpt2-medium-shapes": (1, 64, 1, (0, 8, 16, 23)),
+    "smoke": (2, 32, 2, None),
 }
 
 
@@ -81,8 +85,10 @@ def floor(model, start, inputs, *, with_dense: bool) -> None:
             nll_kl_sums(logp, batch, ref, ref_p)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="a random 2-layer model, 1 rep: runs in seconds (CI)")
     parser.add_argument("--model", default="cgc-tiny", choices=["cgc-tiny", *SHAPES])
     parser.add_argument("--vocab", type=int, default=None, help="override d_vocab (random)")
     parser.add_argument("--blocks", type=int, default=None)
@@ -98,6 +104,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.model, args.reps = "smoke", 1
     torch.manual_seed(0)
     name, model = get_model(args.model, SHAPES, args.vocab)
     blocks, seq, batch_size, layers = DEFAULTS[name]
@@ -168,6 +176,8 @@ def main() -> None:
     d_kl = np.abs(a.delta_kl - b.delta_kl)[sel].max()
     print(f"float64 ΔPPL vs naive ({len(few)} heads): max |diff| {d_ppl:.2e}, ΔKL {d_kl:.2e}; "
           f"target 1e-5: {'OK' if d_ppl <= 1e-5 else 'MISSED'}")
+    return 0 if d_ppl <= 1e-5 and d_kl <= 1e-5 else 1
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,6 +2,7 @@
 ablation sweeps, and capability probes."""
 
 from cgc_lens.forward.ablation import AblationResult, head_ablation, head_ablation_naive, head_means
+from cgc_lens.forward.logits import NLL_CHUNK_ELEMENTS, final_residual, unembed_nll
 from cgc_lens.forward.metrics import (
     PerplexityResult,
     kl_divergence,
@@ -21,13 +22,19 @@ from cgc_lens.forward.probes import (
     register_probe,
     run_probes,
 )
-from cgc_lens.forward.prune_sweep import PruneSweepResult, head_prune_sweep
+from cgc_lens.forward.prune_sweep import (
+    PASS_LOGITS_ELEMENTS,
+    PruneSweepResult,
+    head_prune_sweep,
+    head_prune_sweep_naive,
+)
 from cgc_lens.forward.streaming import Accumulator, collect_activations, iter_batches, run_sites
 
 __all__ = [
-    "AblationResult", "Accumulator", "InductionProbe", "PerplexityResult", "Probe",
-    "PruneSweepResult", "TaskProbe", "collect_activations", "get_probe", "head_ablation",
-    "head_ablation_naive", "head_means", "head_prune_sweep", "iter_batches", "kl_divergence",
-    "log_probs", "nll_kl_sums", "perplexity", "perplexity_result", "probe_names",
-    "register_probe", "run_probes", "run_sites", "token_nll", "unigram_perplexity",
+    "NLL_CHUNK_ELEMENTS", "PASS_LOGITS_ELEMENTS", "AblationResult", "Accumulator",
+    "InductionProbe", "PerplexityResult", "Probe", "PruneSweepResult", "TaskProbe",
+    "collect_activations", "final_residual", "get_probe", "head_ablation", "head_ablation_naive",
+    "head_means", "head_prune_sweep", "head_prune_sweep_naive", "iter_batches", "kl_divergence",
+    "log_probs", "nll_kl_sums", "perplexity", "perplexity_result", "probe_names", "register_probe",
+    "run_probes", "run_sites", "token_nll", "unembed_nll", "unigram_perplexity",
 ]
