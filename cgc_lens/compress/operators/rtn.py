@@ -1,9 +1,9 @@
 """Round-to-nearest (RTN) weight quantization, dequantized back to floating point: the
 :class:`RTN` operator and its kernels.
 
-Arithmetic follows ``torch.fake_quantize_per_channel_affine`` exactly, so the result can be
-checked bit for bit against it: ``q = clamp(round(w * (1 / scale)) + z, qmin, qmax)``,
-``w' = (q - z) * scale``, rounding half to even, in float32 (float64 weights stay float64).
+Per-channel symmetric arithmetic follows ``torch.fake_quantize_per_channel_affine`` bit for
+bit: ``w' = clamp(round(w * (1 / scale)), qmin, qmax) * scale``, rounding half to even, in
+float32 (float64 weights stay float64).
 
 Conventions (libraries disagree on what "symmetric" means):
 
@@ -18,16 +18,20 @@ Conventions (libraries disagree on what "symmetric" means):
   ``[0, 2^b - 1]``.
 
 ``group_size`` splits each output channel's inputs (in HuggingFace ``in_features`` order) into
-groups with their own scale; a short last group is padded with zeros, which changes no scale
-because every convention's range already contains 0. A channel whose range is 0 gets a scale
-floored at the smallest normal float, as ``torch.ao`` floors it at eps; it quantizes to 0.
+groups with their own scale; it must divide the input dimension of every weight it edits (the
+error names the weight and the valid sizes). A channel whose range is 0 gets a scale floored at
+the smallest normal float, as ``torch.ao`` floors it at eps; it quantizes to 0.
+
+Group-wise ``"symmetric"`` and all ``"asymmetric"`` edits run the shared grid of
+:mod:`cgc_lens.compress.operators.grid` (the one GPTQ and AWQ round onto), equal bit for bit
+to compressed-tensors' ``fake_quantize`` (it divides by the scale).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import ClassVar, Literal, NamedTuple, get_args
 
 import torch
@@ -42,6 +46,8 @@ from cgc_lens.compress.operators.base import (
     check_finite,
     register_operator,
 )
+from cgc_lens.compress.operators.bits import rtn_bits_per_weight
+from cgc_lens.compress.operators.grid import check_group_size, group_qparams, quantize_groups
 from cgc_lens.compress.targets import WeightRef
 from cgc_lens.errors import CgcLensError, unknown_name
 
@@ -95,12 +101,6 @@ def _params(
 ) -> tuple[Tensor, Tensor, object, object]:
     """(scale, 1/scale, low, high): bounds on ``round(w / scale)``, None where not needed."""
     qmin, qmax = _grid(bits, convention)
-    if convention == "asymmetric":
-        lo = w.amin(dim=dims, keepdim=True).clamp_max_(0)
-        hi = w.amax(dim=dims, keepdim=True).clamp_min_(0)
-        scale = hi.sub_(lo).div_(qmax - qmin).clamp_min_(torch.finfo(w.dtype).tiny)
-        zero = torch.round(lo.neg_() / scale)  # GPTQ: zero = round(-min / scale)
-        return scale, scale.reciprocal(), qmin - zero, qmax - zero
     if w.numel() <= _CHUNK:  # cache-resident: fewer ops win (vector_norm(inf) is 20x slower)
         amax = w.abs().amax(dim=dims, keepdim=True)
     else:  # max|w| as max(max, -min): two reads and no |w| temporary the size of w
@@ -158,10 +158,13 @@ def rtn_qparams(
     check_bits(bits)
     _check_convention(convention)
     x = w.to(_compute_dtype(w))
-    scale, _, lo, _ = _params(x, bits, in_axes(x.ndim, out_axes), convention)
     qmin, qmax = _grid(bits, convention)
-    zero = qmin - lo if isinstance(lo, Tensor) else torch.zeros_like(scale)
-    return QParams(scale, zero, qmin, qmax)
+    if convention == "asymmetric":  # the shared grid's zero point (compressed-tensors' rounding)
+        shape = [1 if a in in_axes(x.ndim, out_axes) else n for a, n in enumerate(x.shape)]
+        p = group_qparams(as_matrix(x, out_axes), bits, None, False)
+        return QParams(*(from_matrix(t, shape, out_axes) for t in p), qmin, qmax)
+    scale = _params(x, bits, in_axes(x.ndim, out_axes), convention)[0]
+    return QParams(scale, torch.zeros_like(scale), qmin, qmax)
 
 
 def rtn_quantize(
@@ -184,23 +187,20 @@ def rtn_quantize(
     """
     check_bits(bits)
     _check_convention(convention)
-    if group_size is not None and (
-        not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 1
-    ):
-        raise CgcLensError(f"group_size must be a positive int or None, got {group_size!r}.")
+    mat = as_matrix(w, out_axes)
+    check_group_size(group_size, mat.shape[1])
     if bits == 16:
         return w.clone()
     dtype = _compute_dtype(w)
+    if convention == "asymmetric" or (convention == "symmetric" and group_size is not None):
+        q = quantize_groups(mat, bits, group_size, convention == "symmetric")
+        return from_matrix(q, w.shape, out_axes).contiguous()
     if group_size is None:
         return _quantize_(w.to(dtype, copy=True), bits, out_axes, convention).to(w.dtype)
-    mat = as_matrix(w, out_axes).to(dtype)
-    n_out, n_in = mat.shape
-    n_groups = -(-n_in // group_size)
-    padded = mat.new_zeros(n_out, n_groups * group_size)
-    padded[:, :n_in] = mat
-    grouped = padded.view(n_out, n_groups, group_size)
+    grouped = mat.to(dtype).clone(memory_format=torch.contiguous_format)
+    grouped = grouped.view(mat.shape[0], -1, group_size)
     _apply_(grouped, *_params(grouped, bits, (2,), convention))
-    return from_matrix(padded[:, :n_in], w.shape, out_axes).to(w.dtype)
+    return from_matrix(grouped.view(mat.shape), w.shape, out_axes).to(w.dtype).contiguous()
 
 
 def rtn_quantize_(
@@ -219,7 +219,7 @@ def rtn_quantize_(
     _check_convention(convention)
     if bits == 16:
         return w
-    if group_size is not None or _compute_dtype(w) != w.dtype:
+    if group_size is not None or convention == "asymmetric" or _compute_dtype(w) != w.dtype:
         return w.copy_(rtn_quantize(w, bits, out_axes=out_axes, convention=convention,
                                     group_size=group_size))
     with torch.no_grad():
@@ -262,6 +262,13 @@ def rtn_quantize_stack_(
     """
     if bits == 16:
         return
+    if convention == "asymmetric":  # the shared grid, one weight at a time
+        if names is not None:
+            check_finite(stack, names)
+        outs = targets if targets is not None else list(stack.unbind(0))
+        for w, out in zip(list(stack.unbind(0)), outs, strict=True):
+            out.copy_(rtn_quantize(w, bits, out_axes=out_axes, convention=convention))
+        return
     dims = tuple(a + 1 for a in in_axes(stack.ndim - 1, out_axes))
     if convention == "symmetric":
         # max|w| = max(max w, -min w): two reads, no |w| temporary (fresh pages cost more)
@@ -289,11 +296,18 @@ def rtn_quantize_stack_(
 @register_operator
 @dataclass(frozen=True)
 class RTN(Operator):
-    """Per-output-channel round-to-nearest, dequantized (see the module docstring for conventions).
+    """Round-to-nearest, per output channel or group-wise along its inputs, dequantized (see
+    the module docstring for the conventions).
+
+    ``RTN(4, group_size=128, symmetric=False)`` is the int4 g128 asymmetric scheme of GPTQ /
+    llm-compressor without GPTQ's error feedback; ``symmetric=False`` is shorthand for
+    ``convention="asymmetric"`` (the two fields always agree).
 
     Example:
         >>> RTN(6)
-        RTN(bits=6, convention='symmetric', group_size=None)
+        RTN(bits=6, convention='symmetric', group_size=None, symmetric=True)
+        >>> RTN(4, group_size=128, symmetric=False).convention
+        'asymmetric'
     """
 
     name: ClassVar[str] = "rtn"
@@ -308,35 +322,56 @@ class RTN(Operator):
     convention: Convention = "symmetric"
     """``"symmetric"`` (paper Eq. 2), ``"symmetric_full"`` or ``"asymmetric"``."""
     group_size: int | None = None
-    """Inputs per scale group inside an output channel (e.g. 128); None for per-channel."""
+    """Inputs per scale group inside an output channel (e.g. 128); None for per-channel. It
+    must divide the input dimension of every edited weight."""
+    symmetric: bool = field(default=True, metadata={"serialise": False})
+    """False for the asymmetric grid with a zero point (sets ``convention="asymmetric"``)."""
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if self.convention not in CONVENTIONS:
             raise unknown_name("RTN convention", self.convention, CONVENTIONS)
-        if self.group_size is not None and (
-            not isinstance(self.group_size, int) or isinstance(self.group_size, bool)
-            or self.group_size < 1
-        ):
-            raise CgcLensError(
-                f"group_size must be a positive int or None, got {self.group_size!r}."
-            )
+        if not isinstance(self.symmetric, bool):
+            raise CgcLensError(f"symmetric must be True or False, got {self.symmetric!r}.")
+        check_group_size(self.group_size, self.group_size or 1)
+        if not self.symmetric and self.convention == "symmetric_full":
+            raise CgcLensError("RTN(symmetric=False) contradicts convention='symmetric_full'.")
+        if not self.symmetric:
+            object.__setattr__(self, "convention", "asymmetric")
+        object.__setattr__(self, "symmetric", self.convention != "asymmetric")
 
     @property
     def is_identity(self) -> bool:
         return self.bits == 16
 
+    def bits_per_weight(self, shape: Sequence[int], out_axes: Sequence[int] | None = None) -> float:
+        """Storage bits per weight of ``shape`` (TransformerLens layout with ``out_axes``, or
+        ``[out, in]``), scales and zero points included (:func:`.bits.rtn_bits_per_weight`).
+
+        Example:
+            >>> RTN(4, group_size=128, symmetric=False).bits_per_weight((4096, 4096))
+            4.15625
+        """
+        return rtn_bits_per_weight(
+            self.bits, shape, out_axes, group_size=self.group_size, symmetric=self.symmetric
+        )
+
+    def _check_groups(self, weights: Sequence[Tensor], refs: Sequence[WeightRef]) -> None:
+        for w, ref in zip(weights, refs, strict=True):
+            check_group_size(self.group_size, as_matrix(w, ref.out_axes).shape[1], str(ref))
+
     def apply_(self, weight: Tensor, ref: WeightRef) -> EditStats:
+        self._check_groups([weight], [ref])  # names the weight
         rtn_quantize_(weight, self.bits, out_axes=ref.out_axes, convention=self.convention,
                       group_size=self.group_size)
         return EditStats(bits=self.bits)
 
     def apply_many_(self, weights: Sequence[Tensor], refs: Sequence[WeightRef]) -> list[EditStats]:
+        self._check_groups(weights, refs)  # before any weight is edited
         groups: dict[tuple, list[Tensor]] = {}
         with torch.no_grad():
             for w, ref in zip(weights, refs, strict=True):
-                if (self.group_size is None and w.dtype == torch.float32
-                        and w.numel() <= _BATCH_MAX_NUMEL):
+                if self._fusable(w) and w.dtype == torch.float32:
                     groups.setdefault((w.shape, w.device, ref.out_axes), []).append(w)
                 else:
                     self.apply_(w, ref)
@@ -346,12 +381,13 @@ class RTN(Operator):
         stats = EditStats(bits=self.bits)
         return [stats] * len(weights)
 
+    def _fusable(self, w: Tensor) -> bool:
+        return self.group_size is None and self.convention != "asymmetric" and w.numel() <= (
+            _BATCH_MAX_NUMEL)
+
     def can_apply_stacked(self, weights: Sequence[Tensor]) -> bool:
-        """Per-channel RTN of small float32/float64 weights (per-op cost dominates there)."""
-        return self.group_size is None and all(
-            w.dtype in (torch.float32, torch.float64) and w.numel() <= _BATCH_MAX_NUMEL
-            for w in weights
-        )
+        """Per-channel symmetric RTN of small float32/float64 weights (per-op cost dominates)."""
+        return all(self._fusable(w) and w.dtype in (torch.float32, torch.float64) for w in weights)
 
     def apply_stacked_(
         self, stack: Tensor, refs: Sequence[WeightRef], *, targets: Sequence[Tensor] | None = None

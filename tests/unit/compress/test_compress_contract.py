@@ -21,6 +21,7 @@ from cgc_lens.compress import (
     compressed,
     registered_operators,
 )
+from cgc_lens.compress.operators import FP8, NF4, NF4_CODE, SemiStructured
 from cgc_lens.compress.operators.sparsity import n_pruned
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
@@ -74,6 +75,41 @@ def check_low_rank(model, record, op):
         assert int(torch.linalg.matrix_rank(mat, rtol=1e-4)) == expected
 
 
+def check_rtn_groups(model, record, op):  # every group of op.group_size: at most 2^b levels
+    for ref in Targets().resolve(model):
+        mat = as_matrix(model.get_parameter(ref.param).detach(), ref.out_axes)
+        groups = mat.reshape(-1, op.group_size)
+        assert max(len(torch.unique(g)) for g in groups) <= 2**op.bits
+    assert {r.bits for r in record.tensors} == {op.bits}
+
+
+def check_nf4(model, record, op):  # every block is absmax times NF4 levels
+    code = torch.tensor(NF4_CODE, dtype=torch.float64)
+    for ref in Targets().resolve(model):
+        w = model.get_parameter(ref.param).detach()
+        blocks = as_matrix(w, ref.out_axes).double().reshape(-1, op.block_size)
+        levels = blocks / blocks.abs().amax(1, keepdim=True)
+        gap = (levels.unsqueeze(-1) - code).abs().amin(-1)
+        assert gap.max() < (1e-6 if w.dtype == torch.float32 else 1e-12)
+    assert {r.bits for r in record.tensors} == {4}
+
+
+def check_fp8(model, record, op):  # value / channel scale is exactly an e4m3 number
+    for ref in Targets().resolve(model):
+        mat = as_matrix(model.get_parameter(ref.param).detach(), ref.out_axes)
+        scaled = mat / (mat.abs().amax(1, keepdim=True) / 448)
+        assert scaled.abs().max() <= 448 * (1 + 1e-6)
+        torch.testing.assert_close(scaled.to(torch.float8_e4m3fn).to(scaled.dtype), scaled)
+    assert {r.bits for r in record.tensors} == {8}
+
+
+def check_semi_structured(model, record, op):  # at most n non-zeros in every m inputs
+    for ref in Targets().resolve(model):
+        mat = as_matrix(model.get_parameter(ref.param).detach(), ref.out_axes)
+        assert int((mat.reshape(-1, op.m) != 0).sum(1).max()) <= op.n
+    assert all(r.sparsity >= 1 - op.n / op.m for r in record.tensors)
+
+
 Builder = Callable[[HookedTransformer], Operator]
 CASES: dict[str, tuple[Builder, Callable]] = {
     "rtn": (lambda m: RTN(3), check_rtn),
@@ -81,13 +117,27 @@ CASES: dict[str, tuple[Builder, Callable]] = {
     "wanda": (lambda m: WandaPrune(0.4).calibrate(m, tokens(m)), check_wanda),
     "head_prune": (lambda m: HeadPrune(RETENTION), check_head_prune),
     "low_rank": (lambda m: LowRank(0.5), check_low_rank),
+    "nf4": (lambda m: NF4(32), check_nf4),
+    "fp8": (lambda m: FP8("e4m3"), check_fp8),
+    "semi_structured": (lambda m: SemiStructured(2, 4), check_semi_structured),
 }
+EXTRA_CASES: dict[str, tuple[Builder, Callable]] = {  # more settings of registered operators
+    "rtn-g8-asym": (lambda m: RTN(3, group_size=8, symmetric=False), check_rtn_groups),
+    "rtn-g4-sym": (lambda m: RTN(4, group_size=4), check_rtn_groups),
+    "nf4-double-quant": (lambda m: NF4(64, double_quant=True), check_nf4),
+    "wanda-4:8": (lambda m: SemiStructured(4, 8, score="wanda").calibrate(m, tokens(m)),
+                  check_semi_structured),
+}
+ALL_CASES = {**CASES, **EXTRA_CASES}
 IDENTITIES = {
     "rtn": RTN(16),
     "magnitude": MagnitudePrune(0.0),
     "wanda": WandaPrune(0.0),
     "head_prune": HeadPrune(dict.fromkeys(RETENTION, 1.0)),
     "low_rank": LowRank(1.0),
+    "nf4": None,  # no level that leaves a weight unchanged
+    "fp8": None,
+    "semi_structured": SemiStructured(4, 4),
 }
 BAD_LEVELS: dict[str, list[Callable[[], Operator]]] = {
     "rtn": [lambda: RTN(1), lambda: RTN(17), lambda: RTN(0)],
@@ -95,7 +145,12 @@ BAD_LEVELS: dict[str, list[Callable[[], Operator]]] = {
     "wanda": [lambda: WandaPrune(-0.01), lambda: WandaPrune(1.0)],
     "head_prune": [lambda: HeadPrune({Head(0, 0): 1.01}), lambda: HeadPrune({Head(0, 0): -0.1})],
     "low_rank": [lambda: LowRank(0.0), lambda: LowRank(1.5)],
+    "nf4": [lambda: NF4(0), lambda: NF4(1), lambda: NF4(8192)],
+    "fp8": [lambda: FP8("e3m4"), lambda: FP8(scale="group")],
+    "semi_structured": [lambda: SemiStructured(0, 4), lambda: SemiStructured(5, 4),
+                        lambda: SemiStructured(2, 0)],
 }
+BAD_LEVEL_MESSAGE = {"fp8": r"FP8 (format|scale)|'fmt'|'scale'"}  # TypeError under the checker
 NAMES = registered_operators()
 
 
@@ -115,11 +170,11 @@ def test_every_registered_operator_is_covered():
     assert set(CASES) == set(NAMES) == set(IDENTITIES) == set(BAD_LEVELS)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + tuple(EXTRA_CASES))
 @pytest.mark.parametrize("restore", ["copy", "swap"])
 def test_restores_exactly_and_reaches_level(name, restore):
     model = make_model()
-    build, check = CASES[name]
+    build, check = ALL_CASES[name]
     op = build(model)
     before = state(model)
     params = dict(model.named_parameters())
@@ -150,11 +205,11 @@ def test_restores_after_an_exception_in_the_block(name, error, restore):
     assert_bit_equal(model, before)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + tuple(EXTRA_CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_keeps_dtype_device_and_hook_points(name, dtype):
     model = make_model(dtype)
-    op = CASES[name][0](model)
+    op = ALL_CASES[name][0](model)
     before = state(model)
     hooks = set(model.hook_dict)
     with compressed(model, op, offload_to_cpu=True):
@@ -170,6 +225,8 @@ def test_keeps_dtype_device_and_hook_points(name, dtype):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_identity_level_touches_nothing(name):
+    if IDENTITIES[name] is None:
+        pytest.skip(f"{name} has no identity level")
     model = make_model()
     before = state(model)
     with compressed(model, IDENTITIES[name]) as record:
@@ -192,5 +249,7 @@ def test_idempotent(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_levels_raise(name):
     for make in BAD_LEVELS[name]:
-        with pytest.raises(CgcLensError, match=r"must be (an int|a number) in"):
+        match = BAD_LEVEL_MESSAGE.get(name, r"must be (an int|a number) in")
+        errors = (CgcLensError, TypeError) if name in BAD_LEVEL_MESSAGE else CgcLensError
+        with pytest.raises(errors, match=match):
             make()

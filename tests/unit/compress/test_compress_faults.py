@@ -41,7 +41,22 @@ from cgc_lens.compress import (
     snapshot,
 )
 from cgc_lens.compress.context import _ACTIVE
-from cgc_lens.compress.operators import base, head_prune, low_rank, magnitude, rtn, sparsity, wanda
+from cgc_lens.compress.operators import (
+    FP8,
+    NF4,
+    SemiStructured,
+    base,
+    fp8,
+    grid,
+    head_prune,
+    low_rank,
+    magnitude,
+    nf4,
+    rtn,
+    semi_structured,
+    sparsity,
+    wanda,
+)
 from cgc_lens.errors import CgcLensError
 from cgc_lens.sites import Head
 from conftest import make_tiny_model
@@ -81,6 +96,9 @@ def plans(model) -> dict[str, Plan]:
         "wanda": Plan.of(WandaPrune(0.5, input_norms=norms(model))),
         "head_prune": Plan.of(HeadPrune({Head(0, 1): 0.5})),
         "low_rank": Plan.of((Targets(names=["W_in", "W_O"]), LowRank(0.5))),
+        "nf4": Plan.of(NF4(32, double_quant=True)),
+        "fp8": Plan.of(FP8("e5m2", scale="tensor")),
+        "semi_structured": Plan.of(SemiStructured(2, 4, score="wanda", input_norms=norms(model))),
         "composed": Plan.compose(RTN(5), (Targets(heads=[Head(0, 0)]), MagnitudePrune(0.5)),
                                  (Targets(names="W_out"), LowRank(0.25))),
     }
@@ -115,7 +133,8 @@ class Injector:
 # driver itself (it holds signals and retries) and the signal deferral.
 NOT_WRAPPED = {"restore_with_retries", "compressed", "compress_permanently_", "restore_all_",
                "deferred_signals", "as_plan"}
-MODULES = (context, snapshot, rtn, magnitude, wanda, head_prune, low_rank, sparsity)
+MODULES = (context, snapshot, rtn, magnitude, wanda, head_prune, low_rank, sparsity, grid, nf4,
+           fp8, semi_structured)
 
 
 @pytest.fixture(scope="module")

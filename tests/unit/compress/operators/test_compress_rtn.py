@@ -1,4 +1,6 @@
-"""RTN against torch.fake_quantize_per_channel_affine on the equivalent HuggingFace nn.Linear."""
+"""RTN against torch.fake_quantize_per_channel_affine on the equivalent HuggingFace nn.Linear
+(per-channel symmetric), and against compressed-tensors' arithmetic written out naively
+(asymmetric, group-wise); the library itself is compared in test_compress_grid.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from torch import nn
 
 from cgc_lens.compress import OUT_AXES, RTN, Targets, compressed, rtn_qparams, rtn_quantize
 from cgc_lens.compress.operators.rtn import rtn_quantize_, rtn_quantize_stack_
+from cgc_lens.compress.targets import WeightRef
 from cgc_lens.errors import CgcLensError
 from conftest import make_tiny_model
 
@@ -49,11 +52,14 @@ def reference(hf: torch.Tensor, bits: int, convention: str) -> torch.Tensor:
     elif convention == "symmetric_full":
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         scale, zero = hf.abs().amax(1) / ((2**bits - 1) / 2), torch.zeros(hf.shape[0])
-    else:  # GPTQ's Quantizer.find_params, sym=False
-        qmin, qmax = 0, 2**bits - 1
-        lo, hi = hf.amin(1).clamp(max=0), hf.amax(1).clamp(min=0)
-        scale = (hi - lo) / qmax
-        zero = torch.round(-lo / scale.clamp_min(torch.finfo(torch.float32).tiny))
+    else:  # compressed-tensors: x / scale, zero point rounded in its signed frame
+        half, tiny = 2 ** (bits - 1), torch.finfo(torch.float32).tiny
+        lo, hi = hf.amin(1, True).clamp(max=0), hf.amax(1, True).clamp(min=0)
+        scale = ((hi - lo) / (2**bits - 1)).clamp_min(tiny)
+        signed_zero = torch.round(torch.clamp(-half - lo / scale, -half, half - 1))
+        assert ((signed_zero + half) - torch.round(-lo / scale)).abs().max() <= 1
+        q = torch.round(torch.clamp(hf / scale + signed_zero, -half, half - 1))
+        return (q - signed_zero) * scale
     scale = scale.clamp_min(torch.finfo(torch.float32).tiny)
     return torch.fake_quantize_per_channel_affine(hf, scale, zero.int(), 0, qmin, qmax)
 
@@ -111,24 +117,60 @@ def test_ties_and_zero_channels_match_reference(convention):
         assert torch.equal(got[3], torch.zeros(40))
 
 
-def test_groupwise_matches_fake_quantize_on_groups():
-    for name in ("W_Q", "W_O", "W_in", "W_out"):
+def grouped_reference(hf: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """Symmetric Eq. 2 grid per group of ``group`` inputs, one group at a time (x / scale)."""
+    out = torch.empty_like(hf)
+    qmax = 2 ** (bits - 1) - 1
+    for r in range(hf.shape[0]):
+        for g in range(0, hf.shape[1], group):
+            x = hf[r, g : g + group]
+            scale = (x.abs().max() / qmax).clamp_min(torch.finfo(torch.float32).tiny)
+            out[r, g : g + group] = torch.round(torch.clamp(x / scale, -qmax, qmax)) * scale
+    return out
+
+
+GROUPS = {"W_Q": 5, "W_O": 6, "W_in": 4, "W_out": 8}  # divide d_model 20, n_heads*d_head 18, 24
+
+
+def test_groupwise_matches_reference_on_groups():
+    for name, group in GROUPS.items():
         w = weight(name, 3)
-        hf = to_hf(name, w)
-        group = 8
-        n_in = hf.shape[1]
-        pad = -n_in % group
-        padded = torch.cat([hf, torch.zeros(hf.shape[0], pad)], 1)
-        grouped = reference(padded.reshape(-1, group), 4, "symmetric")
-        expected = from_hf(name, grouped.reshape(hf.shape[0], -1)[:, :n_in])
+        expected = from_hf(name, grouped_reference(to_hf(name, w), 4, group))
         got = rtn_quantize(w, 4, out_axes=OUT_AXES[name], group_size=group)
         assert torch.equal(got, expected), name
+        in_place = w.clone()
+        RTN(4, group_size=group).apply_(in_place, WeightRef(0, name, f"blocks.0.{name}"))
+        assert torch.equal(in_place, expected), name
 
 
-def test_group_larger_than_row_is_per_channel():
+def test_group_of_the_whole_row_is_per_channel_asymmetric():
     w = weight("W_in", 4)
-    assert torch.equal(rtn_quantize(w, 5, out_axes=(1,), group_size=1024),
-                       rtn_quantize(w, 5, out_axes=(1,)))
+    whole = rtn_quantize(w, 5, out_axes=(1,), group_size=D_MODEL, convention="asymmetric")
+    assert torch.equal(whole, rtn_quantize(w, 5, out_axes=(1,), convention="asymmetric"))
+
+
+def test_group_size_not_dividing_names_the_weight_and_valid_sizes():
+    w = weight("W_O", 4)  # input n_heads * d_head = 18
+    with pytest.raises(CgcLensError, match=r"group_size 4 does not divide the input dimension "
+                       r"18 of blocks\.1\.attn\.W_O; valid group sizes: 1, 2, 3, 6, 9, 18"):
+        RTN(4, group_size=4).apply_(w, WeightRef(1, "W_O", "blocks.1.attn.W_O"))
+    assert torch.equal(w, weight("W_O", 4))
+    model = make_tiny_model(n_layers=1, d_model=D_MODEL, n_heads=N_HEADS, d_head=D_HEAD,
+                            d_mlp=D_MLP, d_vocab=30, n_ctx=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(CgcLensError, match=r"of blocks\.0\.attn\.W_O; valid"), \
+            compressed(model, RTN(4, group_size=4, symmetric=False)):
+        pass
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_symmetric_flag_is_the_asymmetric_convention():
+    op = RTN(4, group_size=8, symmetric=False)
+    assert op.convention == "asymmetric" and not op.symmetric
+    assert RTN(4, convention="asymmetric").symmetric is False
+    assert RTN.from_fields({k: v for k, v in op.to_dict().items() if k != "operator"}) == op
+    with pytest.raises(CgcLensError, match="contradicts"):
+        RTN(4, symmetric=False, convention="symmetric_full")
 
 
 def test_paper_integer_grid_and_qparams():
