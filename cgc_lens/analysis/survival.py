@@ -176,6 +176,16 @@ class ConditionSummary:
     """Read-out layer, for the second-layer check."""
     n_features: int | None = None
     """d_sae."""
+    spec: str | None = None
+    """The condition's spec (``int4-g128``, ``nf4`` ...; :mod:`cgc_lens.compress.specs`)."""
+    format: str | None = None
+    """Format family (``rtn``, ``gptq``, ``nf4``, ``fp8``, ``semi_structured`` ..., ``dense``
+    for the reference, a checkpoint's format for a compared one)."""
+    group_size: int | None = None
+    """Inputs per quantization group (m of n:m), None per channel or without groups."""
+    bits_per_weight: float | None = None
+    """Effective storage bits per weight, scales and zero points included, averaged over the
+    edited weights by parameter count."""
 
     def to_dict(self) -> dict[str, object]:
         """The row as a dict, Table 1 columns first."""

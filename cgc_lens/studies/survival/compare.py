@@ -370,5 +370,6 @@ def compared_conditions(specs: tuple[str, ...], reference: HookedTransformer) ->
     for spec in specs:
         model = describe(*parse_compare(spec))
         check_compared(model, reference)
-        out.append(Condition(model.name, WeightSwap(model, slot), model.bits, None))  # type: ignore[arg-type]
+        out.append(Condition(model.name, WeightSwap(model, slot), model.bits, None,  # type: ignore[arg-type]
+                             format=model.format))
     return out

@@ -2,9 +2,15 @@
 
 :class:`SurvivalConfig` is the one definition the Python API, the JSON reproduction configs
 (``cgc_lens/configs/survival_*.json``) and ``cgc-lens survival`` share: every field's docstring
-is its ``--help``. The compression conditions follow from four fields, in this order: the null
-condition (``null``), one RTN condition per entry of ``bits``, any :class:`PlanCondition` in
-``plans``, and magnitude pruning matched to one of them (``match_pruning``).
+is its ``--help``. The compression conditions follow from these fields, in this order: the null
+condition (``null``), one RTN condition per entry of ``bits`` (named ``RTN INT<b>``), one per
+spec in ``conditions`` (named by its spec, :func:`cgc_lens.compress.specs.parse_condition`),
+any :class:`PlanCondition` in ``plans``, the checkpoints of ``compare``, then magnitude pruning
+matched to a condition: each ``matched:<spec>`` of ``conditions``, then ``match_pruning``.
+
+Over 400 lines: the one definition of every survival option (each field's docstring is its
+``--help``), the checks that refuse a bad value before anything loads, and the names and
+order of the conditions those fields make, which every other module of the study reads.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from cgc_lens.analysis.survival import SurvivalThresholds
 from cgc_lens.checks import check_device_name, resolve_dtype
 from cgc_lens.compress import Plan
 from cgc_lens.compress.operators.rtn import check_bits
+from cgc_lens.compress.specs import ConditionSpec, parse_condition
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, read_config
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
@@ -114,6 +121,11 @@ class SurvivalConfig:
     """Split of the perplexity tokens (drawn disjoint from the feature tokens if the same)."""
     match_split: str = "calibration"
     """Split of the held-out tokens the matched-pruning search is scored on."""
+    calibration_split: str = "calibration"
+    """Split of the calibration tokens of GPTQ, AWQ and Wanda conditions (drawn disjoint from
+    the match tokens if the same)."""
+    calibration_tokens: int = 16384
+    """Calibration tokens of GPTQ, AWQ and Wanda conditions (drawn only when one is asked)."""
     max_documents: int | None = None
     """Read at most this many documents of each split (large hub corpora)."""
     tokens: int = 65536
@@ -128,8 +140,15 @@ class SurvivalConfig:
     """Seed of the block draws and of the subset stability check."""
     null: bool = True
     """Include the null condition (the reference against itself; Table 1's baseline row)."""
-    bits: tuple[int, ...] = (8, 7, 6, 5, 4)
-    """RTN bit-widths (per-output-channel, symmetric, Eq. 2), one condition each."""
+    bits: tuple[int, ...] | None = None
+    """RTN bit-widths (per-output-channel, symmetric, Eq. 2), one condition each, named
+    "RTN INT<b>": shorthand for the conditions int<b> (default: 8 7 6 5 4 when no conditions
+    are given, none otherwise)."""
+    conditions: tuple[str, ...] = ()
+    """Conditions by spec, each named by its spec: int8, int4 (per-channel RTN), int4-g128,
+    int4-g128-asym, gptq4-g128, gptq4-g128-act, awq4-g128, nf4, fp8, fp8-e5m2, 2:4, 4:8,
+    wanda-2:4, magnitude-0.5, wanda-0.5, and matched:SPEC (magnitude pruning matched in
+    perplexity to SPEC). A group size must divide every targeted weight's input dimension."""
     plans: tuple[PlanCondition, ...] = ()
     """Further conditions, any compression plan each (JSON: [{"name": ..., "plan": ...}])."""
     compare: tuple[str, ...] = ()
@@ -190,7 +209,9 @@ class SurvivalConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        for name in ("bits", "budget_fractions", "subset_seeds", "compare"):
+        if self.bits is None:
+            object.__setattr__(self, "bits", () if self.conditions else (8, 7, 6, 5, 4))
+        for name in ("bits", "conditions", "budget_fractions", "subset_seeds", "compare"):
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
@@ -215,7 +236,8 @@ class SurvivalConfig:
     def _check_kinds(self) -> None:
         """Names, flags, seeds, dtypes and the device: each field of the right kind, checked
         before anything is loaded (a typo would otherwise fail minutes into the run)."""
-        for name in ("model", "sae", "corpus", "split", "eval_split", "match_split"):
+        for name in ("model", "sae", "corpus", "split", "eval_split", "match_split",
+                     "calibration_split"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise CgcLensError(f"{name} must be a non-empty string, got "
                                    f"{getattr(self, name)!r}.")
@@ -237,7 +259,8 @@ class SurvivalConfig:
 
     def _check_sizes(self) -> None:
         positive = {"tokens": self.tokens, "batch_size": self.batch_size,
-                    "n_shards": self.n_shards, "match_tokens": self.match_tokens}
+                    "n_shards": self.n_shards, "match_tokens": self.match_tokens,
+                    "calibration_tokens": self.calibration_tokens}
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CgcLensError(f"{name} must be a positive int, got {value!r}.")
@@ -274,6 +297,15 @@ class SurvivalConfig:
             check_bits(b)
         if len(set(self.bits)) != len(self.bits):
             raise CgcLensError(f"bits must not repeat, got {self.bits!r}.")
+        specs = [spec for _, spec in self.condition_specs]
+        for spec in self.conditions:
+            if not isinstance(spec, str):
+                raise CgcLensError(f"conditions must hold spec strings, got {spec!r}.")
+            parse_condition(spec)
+        repeated = sorted({s for s in specs if specs.count(s) > 1})
+        if repeated:
+            raise CgcLensError(f"Condition specs must not repeat (bits b is the spec int<b>), "
+                               f"got {repeated} twice.")
         for spec in self.compare:
             parse_compare(spec)
         for p in self.plans:
@@ -283,17 +315,19 @@ class SurvivalConfig:
         if len(set(names)) != len(names):
             raise CgcLensError(f"Condition names must be unique, got {list(names)}.")
         if not [n for n in names if n != NULL_NAME]:
-            raise CgcLensError("Expected at least one compression condition (bits, plans or "
-                               "match_pruning), got none.")
+            raise CgcLensError("Expected at least one compression condition (bits, conditions, "
+                               "plans, compare or match_pruning), got none.")
         if self.focus is not None and self.focus not in names:
             raise unknown_name("focus condition", self.focus, names)
+        matched = {name for name, _, _ in self.matched}
+        base = tuple(n for n in names if n not in matched)
         if isinstance(self.match_pruning, int) and not isinstance(self.match_pruning, bool):
             check_bits(self.match_pruning)
         elif self.match_pruning in {parse_compare(spec)[0] for spec in self.compare}:
             raise CgcLensError(f"match_pruning cannot name the compared checkpoint "
                                f"{self.match_pruning!r}: match to bits or a plan's condition.")
-        elif isinstance(self.match_pruning, str) and self.match_pruning not in names[:-1]:
-            raise unknown_name("condition to match pruning to", self.match_pruning, names[:-1])
+        elif isinstance(self.match_pruning, str) and self.match_pruning not in base:
+            raise unknown_name("condition to match pruning to", self.match_pruning, base)
         elif self.match_pruning is not None and not isinstance(self.match_pruning, str):
             raise CgcLensError(f"match_pruning must be bits (int), a condition name or None, "
                                f"got {self.match_pruning!r}.")
@@ -306,22 +340,63 @@ class SurvivalConfig:
 
     @property
     def match_target(self) -> str | None:
-        """Name of the condition pruning is matched to (``None`` if no matching)."""
+        """Name of the condition ``match_pruning`` matches to (``None`` if no matching)."""
         if self.match_pruning is None:
             return None
         return rtn_name(self.match_pruning) if isinstance(self.match_pruning, int) \
             else self.match_pruning
 
     @property
-    def condition_names(self) -> tuple[str, ...]:
-        """Every condition's name, in run order: null, RTN, plans, compared checkpoints,
-        matched pruning."""
-        names = [NULL_NAME] if self.null else []
-        names += [rtn_name(b) for b in self.bits] + [p.name for p in self.plans]
-        names += [parse_compare(spec)[0] for spec in self.compare]
+    def condition_specs(self) -> tuple[tuple[str, str], ...]:
+        """``(name, spec)`` of the conditions given by spec, in order: ``bits`` (named
+        "RTN INT<b>", spec int<b>), then ``conditions`` (named by their spec).
+
+        Example:
+            >>> SurvivalConfig(bits=(8,), conditions=("nf4",), match_pruning=None).condition_specs
+            (('RTN INT8', 'int8'), ('nf4', 'nf4'))
+        """
+        return tuple((rtn_name(b), f"int{b}") for b in self.bits) + \
+            tuple((spec, spec) for spec in self.conditions)
+
+    @property
+    def matched(self) -> tuple[tuple[str, str, str | None], ...]:
+        """``(name, target name, target spec)`` of every matched-pruning condition: each
+        ``matched:<spec>`` of ``conditions``, then ``match_pruning``'s. The target spec is
+        None for a target given only by name (a plan's)."""
+        by_spec = {spec: name for name, spec in self.condition_specs}
+        out = []
+        for spec in self.conditions:
+            target = parse_condition(spec)[1].match
+            if target is not None:
+                out.append((spec, by_spec.get(target, target), target))
         if self.match_pruning is not None:
-            names.append(f"magnitude matched {self.match_target}")
-        return tuple(names)
+            bits = isinstance(self.match_pruning, int)
+            target = f"int{self.match_pruning}" if bits else dict(self.condition_specs).get(
+                self.match_pruning)  # type: ignore[arg-type]
+            out.append((f"magnitude matched {self.match_target}", self.match_target, target))
+        return tuple(out)
+
+    def spec_of(self, name: str) -> ConditionSpec | None:
+        """What the condition ``name`` is, when it was given by spec (else None)."""
+        spec = dict(self.condition_specs).get(name)
+        return None if spec is None else parse_condition(spec)[1]
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a condition (or a matched target) needs calibration tokens."""
+        specs = [s for _, s in self.condition_specs] + [t for _, _, t in self.matched if t]
+        return any(parse_condition(s)[1].calibrated for s in specs)
+
+    @property
+    def condition_names(self) -> tuple[str, ...]:
+        """Every condition's name, in run order: null, RTN (bits), conditions by spec, plans,
+        compared checkpoints, matched pruning."""
+        matched = [name for name, _, _ in self.matched]
+        names = [NULL_NAME] if self.null else []
+        names += [n for n, _ in self.condition_specs if n not in matched]
+        names += [p.name for p in self.plans]
+        names += [parse_compare(spec)[0] for spec in self.compare]
+        return tuple(names + matched)
 
     @property
     def focus_name(self) -> str:
@@ -329,8 +404,9 @@ class SurvivalConfig:
         if self.focus is not None:
             return self.focus
         names = [n for n in self.condition_names if n != NULL_NAME]
-        if rtn_name(6) in names:
-            return rtn_name(6)
+        for name in (rtn_name(6), "int6"):
+            if name in names:
+                return name
         if self.match_target in names:
             return self.match_target  # type: ignore[return-value]
         rtn = [rtn_name(b) for b in sorted(self.bits, reverse=True)]

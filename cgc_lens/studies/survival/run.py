@@ -18,6 +18,7 @@ the SAE features I interpret survive?"; QDM paper §3, Apps. B-L).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -60,6 +61,7 @@ from cgc_lens.sites import layer_of
 from cgc_lens.studies.survival.compare import compared_conditions
 from cgc_lens.studies.survival.conditions import (
     Condition,
+    check_condition_shapes,
     condition_perplexities,
     resolve_conditions,
     sae_target,
@@ -102,10 +104,13 @@ def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condit
     for c in conds:
         acc = merge_all(sums.pearson_shards(key, c.name))
         r[c.name] = acc.pearson(flat_other=config.flat_other)  # type: ignore[attr-defined]
-        rows.append(summarize_condition(
+        row = summarize_condition(
             c.name, r[c.name], active, tokens=acc.n_tokens, bits=c.bits, sparsity=c.sparsity,
             ppl=ppl.get(c.name, (None, None))[0], ppl_reference=ppl_ref, layer=layer,
-            thresholds=config.thresholds, constant=ref.constant))
+            thresholds=config.thresholds, constant=ref.constant)
+        rows.append(dataclasses.replace(row, spec=c.spec, format=c.format,
+                                        group_size=c.group_size,
+                                        bits_per_weight=c.bits_per_weight))
     return rows, r, ref, active
 
 
@@ -184,6 +189,7 @@ def run_survival(
         check_device(config.device)
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
+    check_condition_shapes(config, model)  # a group size not dividing a weight, up front
     compared = compared_conditions(config.compare, model)  # refused here, before any pass
     targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
@@ -191,7 +197,7 @@ def run_survival(
     feats = sets["features"]
     assert feats is not None
     t0 = time.perf_counter()
-    conds, matches = resolve_conditions(config, model, sets["match"])
+    conds, matches = resolve_conditions(config, model, sets["match"], sets.get("calibration"))
     t_match = time.perf_counter() - t0
     conds = _with_compared(conds, compared, matches)
     sums = stream_conditions(
@@ -252,11 +258,10 @@ def _analyses(config: SurvivalConfig, sums: SweepSums, targets: list[SAETarget],
                                       layer=layer_of(targets[1].hook))[0])
     focus = config.focus_name
     overlaps = []
-    for name in matches:
-        if config.match_target in r:
-            res, _ = _attempt("overlap", lambda n=name: overlap(
-                r[config.match_target], r[n], active, survived=config.survived,  # type: ignore[index]
-                names=(config.match_target, n)))
+    for name, target, _ in config.matched:
+        if target in r:
+            res, _ = _attempt("overlap", lambda n=name, t=target: overlap(
+                r[t], r[n], active, survived=config.survived, names=(t, n)))
             overlaps += [res] if res is not None else []
     compressed_r = {c.name: r[c.name] for c in conds if c.name != NULL_NAME}
     deciles = decile_table(ref.firing_rate, compressed_r, active, survived=config.survived,
