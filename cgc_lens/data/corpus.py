@@ -18,6 +18,7 @@ Token blocks cut from a corpus are :mod:`cgc_lens.data.blocks`.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from cgc_lens.data.documents import Corpus
@@ -36,6 +37,7 @@ def load_corpus(
     category: str | Callable[[Path], str] | None = None,
     max_documents: int | None = None,
     streaming: bool = False,
+    category_field: str | None = None,
 ) -> Corpus:
     """Load one split of a corpus: embedded, a Hugging Face dataset by name, or local files.
 
@@ -49,6 +51,9 @@ def load_corpus(
             file path; default: one category per file (its path in the folder, no suffix).
         max_documents: keep at most this many documents.
         streaming: stream a hub dataset instead of downloading whole splits (needs network).
+        category_field: the record field (label column of a local ``.jsonl``/``.parquet``
+            file, dotted field of a hub dataset) holding each document's category; None: the
+            source's own (a ``category`` field, else one per file, or the dataset's).
 
     Example:
         >>> corpus = load_corpus("cgc-tiny", split="eval")
@@ -60,16 +65,22 @@ def load_corpus(
     name = str(name_or_path)
     path = Path(name).expanduser()
     if name in EMBEDDED_MODELS:
+        if category_field not in (None, "category"):
+            raise CgcLensError(f"The embedded corpus {name!r} labels documents by 'category' "
+                               f"only, got category_field={category_field!r}; leave it unset.")
         docs = embedded_documents(name, split)
     elif name in CORPORA:
-        docs = hub_documents(CORPORA[name], name=name, split=split,
-                             max_documents=max_documents, streaming=streaming)
+        spec = CORPORA[name]
+        spec = spec if category_field is None else replace(spec, category_field=category_field)
+        docs = hub_documents(spec, name=name, split=split, max_documents=max_documents,
+                             streaming=streaming)
     elif path.exists():
-        docs = local_documents(path, split, category)
+        docs = local_documents(path, split, category, category_field)
     elif name.count("/") == 1 and not name.startswith((".", "/", "~")):
         repo, _, config = name.partition(":")
-        docs = hub_documents(HubCorpus(path=repo, config=config or None), name=name,
-                             split=split, max_documents=max_documents, streaming=streaming)
+        spec = HubCorpus(path=repo, config=config or None, category_field=category_field)
+        docs = hub_documents(spec, name=name, split=split, max_documents=max_documents,
+                             streaming=streaming)
     else:
         err = unknown_name("corpus", name, [*EMBEDDED_MODELS, *CORPORA])
         raise CgcLensError(f"{err} Or pass an existing local path or a dataset 'ORG/NAME'.")

@@ -25,7 +25,7 @@ from cgc_lens.data.documents import SPLITS, Document, split_documents
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.models import embedded_asset_dir
 
-__all__ = ["embedded_documents", "local_documents"]
+__all__ = ["embedded_documents", "local_documents", "relabel"]
 
 _SPLIT_DIRS = {"train": ("train",), "calibration": ("calibration", "validation", "val"),
                "eval": ("eval", "test")}
@@ -68,8 +68,22 @@ def _json_record(line: str, path: Path, number: int) -> dict[str, Any]:
     return record
 
 
+def relabel(records: list[dict[str, Any]], field: str, source: str) -> list[dict[str, Any]]:
+    """The records with ``category`` taken from their ``field`` (a label column).
+
+    Raises:
+        CgcLensError: a record lacks the field, naming the record and the fields it has.
+    """
+    for i, rec in enumerate(records):
+        if field not in rec or rec[field] is None:
+            raise CgcLensError(f"category_field {field!r}: record {i} of {source} has no such "
+                               f"value (fields: {sorted(rec)}). Name a column every record has.")
+    return [{**rec, "category": str(rec[field])} for rec in records]
+
+
 def local_documents(
-    root: Path, split: str, category: str | Callable[[Path], str] | None
+    root: Path, split: str, category: str | Callable[[Path], str] | None,
+    category_field: str | None = None,
 ) -> list[Document]:
     """The documents of ``split`` in a local file or folder (see the module docstring).
 
@@ -78,6 +92,8 @@ def local_documents(
         split: ``"train"``, ``"calibration"`` or ``"eval"``.
         category: one category for every document, or a function of the file path; None: one
             category per file (its path in the folder, without suffix).
+        category_field: a record field (label column) holding each record's category; it
+            wins over ``category``.
     """
     if split not in SPLITS:
         raise unknown_name("split", split, SPLITS, where=f" for local corpus {root}")
@@ -100,6 +116,8 @@ def local_documents(
         if category is not None:
             cat = category(path) if callable(category) else category
             records = [{**r, "category": cat} for r in records]
+        if category_field is not None:
+            records = relabel(records, category_field, path.as_posix())
         docs += split_documents(records, split, stem, path.as_posix(),
                                 whole=bool(split_dirs))
     return docs
