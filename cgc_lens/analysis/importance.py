@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -24,6 +24,7 @@ from jaxtyping import Float
 from scipy import stats
 from torch import Tensor
 
+from cgc_lens.analysis.uncertainty import CorrelationInterval, correlation_interval
 from cgc_lens.errors import CgcLensError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "magnitude_head_importance",
     "rank_correlation",
     "wanda_head_importance",
+    "with_intervals",
 ]
 
 _Array = Tensor | np.ndarray
@@ -115,6 +117,9 @@ class RankCorrelation:
     """Spearman ρ within each layer (NaN when a layer is constant in either signal)."""
     layer_p: Float[np.ndarray, " n_layers"]
     """p-values of ``layer_rho``."""
+    intervals: dict[str, CorrelationInterval] = field(default_factory=dict)
+    """Bootstrap interval and permutation p-value over heads of ``rho`` and ``pearson``
+    (:func:`with_intervals`); empty until computed."""
 
     @property
     def mean_layer_rho(self) -> float:
@@ -205,3 +210,29 @@ def finite_rank_correlation(x: _Array, y: _Array) -> RankCorrelation:
         return RankCorrelation(rho=math.nan, p_value=math.nan, n=n, pearson_r=math.nan,
                                pearson_p=math.nan, layer_rho=nan, layer_p=nan.copy())
     return rank_correlation(xa[ok][None], ya[ok][None], within_layers=False)
+
+
+def with_intervals(
+    corr: RankCorrelation,
+    x: _Array,
+    y: _Array,
+    *,
+    seed: int = 0,
+    n_resamples: int = 9999,
+    confidence: float = 0.95,
+) -> RankCorrelation:
+    """``corr`` (of ``x`` and ``y`` over all heads) with the bootstrap intervals and permutation
+    p-values of its Spearman ρ and Pearson r
+    (:func:`~cgc_lens.analysis.uncertainty.correlation_interval`, over the finite pairs).
+
+    Example:
+        >>> d = np.arange(12.0).reshape(3, 4)
+        >>> c = with_intervals(rank_correlation(d, d**2), d, d**2, n_resamples=99)
+        >>> c.intervals["rho"].ci_low, c.intervals["rho"].statistic
+        (1.0, 1.0)
+    """
+    kw = {"seed": seed, "n_resamples": n_resamples, "confidence": confidence}
+    return replace(corr, intervals={
+        "rho": correlation_interval(x, y, kind="spearman", **kw),
+        "pearson": correlation_interval(x, y, kind="pearson", **kw),
+    })  # fmt: skip

@@ -46,8 +46,13 @@ class CapabilityConfig:
     categories: tuple[str, ...] | None = None
     """Calibration categories to keep (None: all the corpus has)."""
     consistency_categories: Literal["auto", "corpus", "block"] = "auto"
-    """Categories of Def 3's pairs: the corpus's, every block its own (a corpus without
-    categories, such as WikiText), or ``auto`` (the corpus's when it has >= 2, else blocks)."""
+    """Categories of Def 3's pairs: the corpus's (``cross-category``, Def 3), every block its own
+    (``cross-sequence``: a corpus without categories, such as WikiText; warns), or ``auto`` (the
+    corpus's when it has >= 2, else blocks)."""
+    category_field: str | None = None
+    """Record field (column) of a local .jsonl/.parquet corpus, or dotted field of a hub
+    dataset, holding each document's category, for Def 3's cross-category pairs; None: the
+    corpus's own (a local ``category`` field, else one per file; a registered dataset's)."""
     block_len: int | None = None
     """Tokens per block; None: min(512, n_ctx)."""
     calibration_tokens: int = 16384
@@ -110,6 +115,11 @@ class CapabilityConfig:
     """A feature is active when its firing rate on the survival tokens is above this."""
     ptp_method: Literal["kneedle", "curvature"] = "kneedle"
     """Phase-transition estimator."""
+    bootstrap_resamples: int = 9999
+    """Bootstrap resamples of heads (and permutations) behind each correlation's interval and
+    permutation p-value; seeded by ``seed``."""
+    confidence: float = 0.95
+    """Confidence level of the bootstrap intervals."""
     seed: int = 0
     """Seeds the block draws and SAE training, and offsets the density and CGC-F seeds."""
     progress: bool = True
@@ -121,7 +131,7 @@ class CapabilityConfig:
                                 f"{getattr(self, name)!r}.")
 
         for name in ("calibration_tokens", "eval_tokens", "batch_size", "k", "sae_epochs",
-                     "sae_batch_size"):
+                     "sae_batch_size", "bootstrap_resamples"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise bad(name, "a positive int")
@@ -134,6 +144,11 @@ class CapabilityConfig:
             raise bad("retention", "a global retention in (0, 1]")
         if not self.sae_lr > 0:
             raise bad("sae_lr", "a positive learning rate")
+        if not 0 < self.confidence < 1:
+            raise bad("confidence", "a confidence level in (0, 1), e.g. 0.95")
+        if self.category_field is not None and (not isinstance(self.category_field, str)
+                                                or not self.category_field):
+            raise bad("category_field", "None or a non-empty field name")
         levels = self.survival_retentions
         if len(levels) < 2 or len(set(levels)) != len(levels) or not all(
                 0 <= r < 1 for r in levels):

@@ -10,12 +10,16 @@
 - :func:`evaluate_allocations`: perplexity, KL and probes of each allocation on held-out tokens.
 - :func:`head_density`: the capability density of every head from token blocks in one call
   (the calibration pass and :func:`~cgc_lens.analysis.capability_density`).
+
+Over 400 lines: the block labels of Def 3 live beside :func:`head_density`, which needs them,
+and :mod:`.steps` imports this module, so they cannot move there without an import circle.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,8 +36,10 @@ from cgc_lens.analysis.density import (
     DensityConfig,
     DensityResult,
     FeatureAccumulator,
+    GroupCounts,
     capability_density,
 )
+from cgc_lens.analysis.uncertainty import token_groups
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
@@ -48,6 +54,7 @@ __all__ = [
     "KLFitness",
     "block_labels",
     "calibration_pass",
+    "consistency_mode",
     "default_sample",
     "effective_z_maps",
     "evaluate_allocations",
@@ -126,6 +133,8 @@ class CalibrationStats:
     """Firing counts of each head's features on the survival tokens."""
     survival_tokens: int
     """Tokens the survival test read (the first ones of the calibration stream)."""
+    groups: GroupCounts | None = None
+    """Firing counts per group of calibration blocks (δ's jackknife); None: not kept."""
 
 
 def _survival_update(
@@ -144,6 +153,17 @@ def _survival_update(
     return (ref > 0).sum(0).cpu()
 
 
+def _group_update(counts: Tensor, groups: Tensor, indices: Tensor, values: Tensor,
+                  d_sae: int) -> None:
+    """Add one layer's firings (value > 0, as the density accumulator counts them) of a batch to
+    ``counts`` ``[n_groups, n_heads * d_sae]``, each token's to its group's row."""
+    n_heads = indices.shape[1]
+    flat = (groups.to(indices.device)[:, None, None] * (n_heads * d_sae)
+            + torch.arange(n_heads, device=indices.device)[None, :, None] * d_sae + indices)
+    fired = flat[values > 0].long().cpu()
+    counts.view(-1).add_(torch.bincount(fired, minlength=counts.numel()))
+
+
 @torch.no_grad()
 def calibration_pass(
     model: HookedTransformer,
@@ -155,14 +175,18 @@ def calibration_pass(
     seed: int,
     maps: Float[Tensor, "n_layers n_heads n_levels d_head d_head"] | None = None,
     survival_tokens: int | None = None,
+    n_groups: int = 20,
     batch_size: int = 8,
     progress: bool = True,
 ) -> CalibrationStats:
     """One streamed pass over ``tokens`` (``hook_z`` of every layer) feeding every accumulator.
 
     Each token carries its block's category. The survival sums (when ``maps`` is given) use the
-    first ``survival_tokens`` tokens (``None``: all), rounded up to whole batches.
+    first ``survival_tokens`` tokens (``None``: all), rounded up to whole batches. Firing
+    counts are also kept per group of blocks (``n_groups`` contiguous runs,
+    :func:`~cgc_lens.analysis.uncertainty.token_groups`) for δ's jackknife.
     """
+    # Over 60 lines: one streamed pass feeds six accumulators through one callback
     cfg = model.cfg
     order = sae_order(model, sae)
     n_layers, n_heads, d_sae = cfg.n_layers, cfg.n_heads, sae.cfg.d_sae
@@ -174,12 +198,20 @@ def calibration_pass(
                                        range(maps.shape[2])] for _ in range(n_layers)]
     counts = torch.zeros(n_layers, n_heads, d_sae, dtype=torch.int64) if maps is not None else None
     limit = tokens.numel() if survival_tokens is None else survival_tokens
+    group_of = token_groups(torch.arange(tokens.numel()).numpy(), n_tokens=tokens.numel(),
+                            block_len=tokens.shape[1], n_groups=n_groups)
+    n_g = int(group_of.max()) + 1
+    g_counts = torch.zeros(n_layers, n_g, n_heads * d_sae, dtype=torch.int64)
+    g_tokens = torch.zeros(n_g, dtype=torch.int64)
     state = {"tokens": 0, "survival": 0}
     hooks = [hook_name("z", layer=ell) for ell in range(n_layers)]
 
     def update(acts: Mapping[str, Tensor], i: int) -> None:
         rows = block_categories[i * batch_size:(i + 1) * batch_size]
         cats = rows.repeat_interleave(acts[hooks[0]].shape[1])
+        start = state["tokens"]
+        groups = torch.from_numpy(group_of[start:start + cats.numel()])
+        g_tokens.add_(torch.bincount(groups, minlength=n_g))
         in_survival = maps is not None and state["survival"] < limit
         for ell, name in enumerate(hooks):
             z = rearrange(acts[name], "b p h d -> (b p) h d").to(sae.W_enc.device)
@@ -189,6 +221,7 @@ def calibration_pass(
             sub = order[ell * n_heads:(ell + 1) * n_heads]
             values, indices = sae.encode_topk(z, subset=sub)
             acc.update(cats, indices=indices, values=values, layer=ell)
+            _group_update(g_counts[ell], groups, indices, values, d_sae)
             if in_survival:
                 counts[ell] += _survival_update(sae, z, sub=sub, values=values,
                                                 indices=indices, maps=maps[ell], sums=surv[ell])
@@ -198,9 +231,12 @@ def calibration_pass(
 
     run_sites(model, tokens, hooks, batch_size=batch_size, callback=update, progress=progress,
               desc="calibration")
+    groups = GroupCounts(counts=g_counts.view(n_layers, n_g, n_heads, d_sae).transpose(0, 1)
+                         .numpy(), n_tokens=g_tokens[:, None].repeat(1, n_layers).numpy(),
+                         block_len=int(tokens.shape[1]))
     return CalibrationStats(features=acc, z_sum_sq=z_sq, z_sum=z_sum, n_tokens=state["tokens"],
                             survival=surv, survival_counts=counts,
-                            survival_tokens=state["survival"])
+                            survival_tokens=state["survival"], groups=groups)
 
 
 def block_labels(
@@ -210,6 +246,8 @@ def block_labels(
 
     ``corpus``: the corpus's categories (needs >= 2); ``block``: every block its own category
     (a corpus without categories, such as WikiText); ``auto``: ``corpus`` when there are >= 2.
+    ``block`` measures cross-*sequence* consistency, not Def 3's cross-category consistency, and
+    warns so (:func:`consistency_mode` names it in results).
     """
     names = list(dict.fromkeys(blocks.categories))
     if mode == "auto":
@@ -221,7 +259,20 @@ def block_labels(
         return torch.tensor([names.index(c) for c in blocks.categories]), mode
     if mode != "block":
         raise CgcLensError(f"Expected mode 'auto', 'corpus' or 'block', got {mode!r}.")
+    warnings.warn(
+        f"Consistency Psi is measured cross-sequence, not cross-category (Def 3): the "
+        f"calibration blocks have {len(names)} categor{'y' if len(names) == 1 else 'ies'} "
+        f"({', '.join(map(str, names[:3]))}), so every block is its own category. For Def 3 "
+        "proper, give a corpus with >= 2 categories: a local .jsonl/.parquet file or a hub "
+        "dataset with a label column named by --category-field (CapabilityConfig."
+        "category_field).", UserWarning, stacklevel=2)
     return torch.arange(len(blocks)), mode
+
+
+def consistency_mode(categories: str) -> str:
+    """``cross-category`` (Def 3, the corpus's categories) or ``cross-sequence`` (every block
+    its own category) for :func:`block_labels`'s ``corpus`` / ``block``."""
+    return {"corpus": "cross-category", "block": "cross-sequence"}[categories]
 
 
 def default_sample(mode: str, n_blocks: int) -> int:
@@ -260,9 +311,11 @@ def head_density(
     """
     labels, mode = block_labels(blocks, categories)
     sample = sample_per_category or default_sample(mode, len(blocks))
+    config = config or DensityConfig()
     stats = calibration_pass(model, blocks.tokens, labels, sae, sample_per_category=sample,
-                             seed=seed, batch_size=batch_size, progress=progress)
-    return capability_density(stats.features, config)
+                             seed=seed, n_groups=config.n_groups, batch_size=batch_size,
+                             progress=progress)
+    return capability_density(stats.features, config, groups=stats.groups)
 
 
 class KLFitness:

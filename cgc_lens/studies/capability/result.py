@@ -5,7 +5,11 @@ folder that loads back) and the Theorem 1 measurements, :class:`Theorem1Result`.
 ``consistency``, ``wanda``, ``ablation_dppl`` as n_layers × n_heads lists,
 ``spearman_density_wanda``, ``corr_density_ablation``, ``allocations`` with ``ppl``,
 ``delta_ppl``, ``probes`` and ``retention`` per method, ``theorem1``, ``config``, ``versions``);
-``arrays.safetensors`` holds every array needed to rebuild the result exactly.
+``arrays.safetensors`` holds every array needed to rebuild the result exactly. Every
+correlation carries ``*_ci_low``, ``*_ci_high`` and ``*_perm_p`` beside it, the density its
+``density_se`` and ``density_ci_low`` / ``_high`` (:mod:`.intervals`), and
+``consistency_mode`` says whether Ψ is Def 3's ``cross-category`` consistency or
+``cross-sequence`` (a corpus without categories).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from cgc_lens.analysis.allocation import Allocation
 from cgc_lens.analysis.density import DensityResult
 from cgc_lens.analysis.evolution import EvoConfig, SearchResult
 from cgc_lens.analysis.importance import RankCorrelation
+from cgc_lens.analysis.uncertainty import CorrelationInterval
 from cgc_lens.forward.ablation import AblationResult
 from cgc_lens.io.configs import config_from_dict
 from cgc_lens.io.results import read_results, write_results
@@ -34,6 +39,13 @@ from cgc_lens.plots.capability import (
     search_history,
 )
 from cgc_lens.studies.capability.config import CapabilityConfig
+from cgc_lens.studies.capability.intervals import (
+    add_density_error_bars,
+    correlation_rows,
+    density_payload,
+    how_sure,
+    rank_interval_keys,
+)
 
 __all__ = ["METHODS", "CapabilityResult", "Theorem1Result"]
 
@@ -41,6 +53,8 @@ METHODS = ("dense", "uniform", "cgc_l", "inverted", "cgc_f")
 """Rows of Table 1, in order."""
 _DENSITY = ("breadth", "entropy", "consistency", "density", "breadth_count", "entropy_nats",
             "n_tokens", "pairs")
+_DENSITY_OPTIONAL = ("consistency_se", "density_se", "density_replicates")
+_MODES = {"corpus": "cross-category", "block": "cross-sequence"}
 _T1_ARRAYS = ("retentions", "destruction", "n_active", "delta_ppl", "delta_kl",
               "ptp_destruction", "ptp_dppl")
 
@@ -147,6 +161,7 @@ class CapabilityResult:
     def to_frame(self) -> pd.DataFrame:
         """One row per head: density and sub-measures, Wanda, ablation, retentions, Theorem 1."""
         df = self.density.to_frame().drop(columns=["breadth_count", "entropy_nats"])
+        df = pd.concat([df, self.density.se_frame()], axis=1)
         df["wanda"], df["magnitude"] = self.wanda.ravel(), self.magnitude.ravel()
         df["ablation_dppl"] = self.ablation.delta_ppl.ravel()
         df["ablation_dkl"] = self.ablation.delta_kl.ravel()
@@ -168,8 +183,8 @@ class CapabilityResult:
         figs = {
             "density_heatmap": density_heatmap(self.density),
             "density_wanda_ranks": density_wanda_ranks(self.density, self.wanda, self.wanda_corr),
-            "density_vs_ablation": density_vs_ablation(self.density, self.ablation.delta_ppl,
-                                                       self.ablation_corr),
+            "density_vs_ablation": add_density_error_bars(density_vs_ablation(
+                self.density, self.ablation.delta_ppl, self.ablation_corr), self.density),
             "reallocation_cgc_l": reallocation_map(self.allocations["cgc_l"]),
         }
         if "cgc_f" in self.allocations:
@@ -182,7 +197,8 @@ class CapabilityResult:
         th = self.theorem1
         j = int(np.argmin(np.abs(th.retentions - self.config.retention)))
         c = th.correlations[j]["destruction"]
-        fig = density_vs_ablation(self.density, th.destruction[..., j])
+        fig = add_density_error_bars(density_vs_ablation(self.density, th.destruction[..., j]),
+                                     self.density)
         fig.update_layout(
             title=f"Theorem 1: features destroyed at retention {th.retentions[j]:g} vs density "
                   f"(Spearman ρ = {_nan(c['rho']):.3f}, p = {_nan(c['p']):.2g}, n = {c['n']})",
@@ -204,16 +220,21 @@ class CapabilityResult:
                               "retention": alloc.retention, "ceilings": alloc.ceilings}
         lo, hi = np.unravel_index(d.density.argmin(), d.density.shape), \
             np.unravel_index(d.density.argmax(), d.density.shape)
+        unc = density_payload(d)
         return {
             "model": self.model_name, "n_layers": int(d.density.shape[0]),
             "n_heads": int(d.density.shape[1]), "d_sae": self.d_sae,
             "calibration_tokens": self.calibration_tokens, "eval_tokens": self.eval_tokens,
             "consistency_categories": self.consistency_categories,
+            "consistency_mode": _MODES[self.consistency_categories],
+            "consistency_method": unc["consistency_method"],
             "density": d.density, "breadth": d.breadth, "entropy": d.entropy,
-            "consistency": d.consistency,
+            "consistency": d.consistency, "consistency_se": unc["consistency_se"],
+            "density_se": unc["density_se"], "density_ci_low": unc["density_ci_low"],
+            "density_ci_high": unc["density_ci_high"],
             "density_summary": {"mean": float(d.density.mean()), "min": float(d.density.min()),
                                 "max": float(d.density.max()), "argmin": f"L{lo[0]}H{lo[1]}",
-                                "argmax": f"L{hi[0]}H{hi[1]}"},
+                                "argmax": f"L{hi[0]}H{hi[1]}", **unc["summary"]},
             "wanda": self.wanda, "magnitude": self.magnitude,
             "ablation_dppl": self.ablation.delta_ppl, "ablation_dkl": self.ablation.delta_kl,
             "ablation": {"mode": self.ablation.mode, "dense_ppl": self.ablation.dense_ppl,
@@ -222,7 +243,9 @@ class CapabilityResult:
                 self.magnitude_corr),
             "corr_density_ablation": {"pearson": a.pearson_r, "pearson_p": a.pearson_p,
                                       "spearman": a.rho, "spearman_p": a.p_value, "n": a.n,
-                                      "layer_spearman": a.layer_rho, "layer_p": a.layer_p},
+                                      "layer_spearman": a.layer_rho, "layer_p": a.layer_p,
+                                      **rank_interval_keys(a, {"rho": "spearman",
+                                                               "pearson": "pearson"})},
             "allocations": allocations,
             "cgc_f": None if self.search is None else {
                 "origin": self.cgc_f_origin, "start": self.cgc_f_start,
@@ -235,6 +258,8 @@ class CapabilityResult:
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array :meth:`load` needs."""
         out = {f"density.{k}": np.asarray(getattr(self.density, k)) for k in _DENSITY}
+        out |= {f"density.{k}": getattr(self.density, k) for k in _DENSITY_OPTIONAL
+                if getattr(self.density, k) is not None}
         out |= {"wanda": self.wanda, "magnitude": self.magnitude,
                 "ablation.ppl": self.ablation.ppl, "ablation.delta_kl": self.ablation.delta_kl}
         for m, a in self.allocations.items():
@@ -257,12 +282,13 @@ class CapabilityResult:
         frame = self.table().reset_index()
         return write_results(
             out_dir, study="capability", config=self.config, payload=self.payload(),
-            tables={"heads": self.to_frame(), "table1": frame}, arrays=self.arrays(),
+            tables={"heads": self.to_frame(), "table1": frame,
+                    "correlations": correlation_rows(self)}, arrays=self.arrays(),
             figures=self.figures(), title=f"Capability density study: {self.model_name}",
             intro="Capability density per head (Gupta 2026, Defs 1-4), its agreement with Wanda, "
                   "single-head ablation, Uniform / CGC-L / Inverted / CGC-F allocations at "
                   f"retention {self.config.retention:g} with probes, and a direct test of "
-                  "Theorem 1.", overwrite=overwrite)
+                  "Theorem 1.\n\n" + how_sure(self), overwrite=overwrite)
 
     @classmethod
     def load(cls, out_dir: str | Path) -> CapabilityResult:
@@ -271,7 +297,9 @@ class CapabilityResult:
         p, arr = folder.payload, folder.arrays
         config = CapabilityConfig.from_dict(folder.config)
         dens = {k: arr[f"density.{k}"] for k in _DENSITY}
-        density = DensityResult(**dens, d_sae=int(p["d_sae"]), config=config.density)
+        dens |= {k: arr.get(f"density.{k}") for k in _DENSITY_OPTIONAL}
+        density = DensityResult(**dens, d_sae=int(p["d_sae"]), config=config.density,
+                                consistency_method=p.get("consistency_method", "sampled"))
         allocs, scores = {}, {}
         for m, v in p["allocations"].items():
             allocs[m] = Allocation(retention=arr[f"alloc.{m}.retention"],
@@ -322,28 +350,45 @@ def _like(like: Allocation, retention: np.ndarray, method: str) -> Allocation:
 def _corr(c: RankCorrelation) -> dict[str, Any]:
     return {"rho": c.rho, "p": c.p_value, "n": c.n, "pearson": c.pearson_r,
             "pearson_p": c.pearson_p, "mean_layer_rho": c.mean_layer_rho,
-            "layer_rho": c.layer_rho, "layer_p": c.layer_p}
+            "layer_rho": c.layer_rho, "layer_p": c.layer_p,
+            **rank_interval_keys(c, {"rho": "rho", "pearson": "pearson"})}
+
+
+def _intervals(d: dict[str, Any], names: dict[str, str], n: int) -> dict[str, Any]:
+    """The :class:`CorrelationInterval` of each stored statistic (``rho`` → its key)."""
+    out = {}
+    for key, stat in names.items():
+        if f"{stat}_ci_low" in d:
+            out[key] = CorrelationInterval(
+                statistic=_nan(d[stat]), ci_low=_nan(d[f"{stat}_ci_low"]),
+                ci_high=_nan(d[f"{stat}_ci_high"]), p=_nan(d[f"{stat}_perm_p"]), n=n,
+                kind="spearman" if key == "rho" else "pearson", confidence=0.95, n_resamples=0)
+    return out
 
 
 def _rank(d: dict[str, Any]) -> RankCorrelation:
     return RankCorrelation(rho=_nan(d["rho"]), p_value=_nan(d["p"]), n=int(d["n"]),
                            pearson_r=_nan(d["pearson"]), pearson_p=_nan(d["pearson_p"]),
                            layer_rho=np.array([_nan(x) for x in d["layer_rho"]]),
-                           layer_p=np.array([_nan(x) for x in d["layer_p"]]))
+                           layer_p=np.array([_nan(x) for x in d["layer_p"]]),
+                           intervals=_intervals(d, {"rho": "rho", "pearson": "pearson"},
+                                                int(d["n"])))
 
 
 def _ablation_corr(d: dict[str, Any]) -> RankCorrelation:
     return RankCorrelation(rho=_nan(d["spearman"]), p_value=_nan(d["spearman_p"]), n=int(d["n"]),
                            pearson_r=_nan(d["pearson"]), pearson_p=_nan(d["pearson_p"]),
                            layer_rho=np.array([_nan(x) for x in d["layer_spearman"]]),
-                           layer_p=np.array([_nan(x) for x in d["layer_p"]]))
+                           layer_p=np.array([_nan(x) for x in d["layer_p"]]),
+                           intervals=_intervals(d, {"rho": "spearman", "pearson": "pearson"},
+                                                int(d["n"])))
 
 
 def _nan_tree(x: Any) -> Any:
-    """JSON ``null`` back to NaN inside correlation dicts ({rho, p, n})."""
+    """JSON ``null`` back to NaN inside correlation dicts ({rho, p, n} and their intervals)."""
     if isinstance(x, dict):
-        if set(x) == {"rho", "p", "n"}:
-            return {"rho": _nan(x["rho"]), "p": _nan(x["p"]), "n": int(x["n"])}
+        if {"rho", "p", "n"} <= set(x):
+            return {k: int(v) if k == "n" else _nan(v) for k, v in x.items()}
         return {k: _nan_tree(v) for k, v in x.items()}
     if isinstance(x, list):
         return [_nan_tree(v) for v in x]

@@ -27,6 +27,7 @@ from cgc_lens.analysis.importance import (
     magnitude_head_importance,
     rank_correlation,
     wanda_head_importance,
+    with_intervals,
 )
 from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.data import TokenBlocks
@@ -90,9 +91,11 @@ def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: To
                             pruning=config.survival_pruning, seed=config.seed)
     stats = calibration_pass(model, calibration.tokens, cats, sae, sample_per_category=sample,
                              seed=config.seed, maps=maps, survival_tokens=config.survival_tokens,
-                             batch_size=config.batch_size, progress=config.progress)
+                             n_groups=config.density.n_groups, batch_size=config.batch_size,
+                             progress=config.progress)
     density = capability_density(stats.features,
-                                 replace(config.density, seed=config.density.seed + config.seed))
+                                 replace(config.density, seed=config.density.seed + config.seed),
+                                 groups=stats.groups)
     W_O = model.W_O.detach()
     wanda = wanda_head_importance(W_O, stats.z_sum_sq.sqrt())
     magnitude = magnitude_head_importance(W_O)
@@ -106,6 +109,13 @@ def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: To
     lap("theorem1")
     return {"cat_mode": cat_mode, "density": density, "wanda": wanda, "magnitude": magnitude,
             "ablation": ablation, "theorem1": result}
+
+
+def _correlate(config: CapabilityConfig, density: Any, signal: Any) -> Any:
+    """ρ and r of density against a per-head signal, with bootstrap intervals over heads and
+    permutation p-values (seeded by ``config.seed``)."""
+    return with_intervals(rank_correlation(density, signal), density, signal, seed=config.seed,
+                          n_resamples=config.bootstrap_resamples, confidence=config.confidence)
 
 
 def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> CapabilityResult:
@@ -147,9 +157,9 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
         config=config, model_name=str(model.cfg.model_name), d_sae=sae.cfg.d_sae,
         calibration_tokens=calibration.tokens.numel(), eval_tokens=evaluation.tokens.numel(),
         consistency_categories=m["cat_mode"], density=m["density"], wanda=m["wanda"],
-        magnitude=m["magnitude"], wanda_corr=rank_correlation(density, m["wanda"]),
-        magnitude_corr=rank_correlation(density, m["magnitude"]), ablation=m["ablation"],
-        ablation_corr=rank_correlation(density, m["ablation"].delta_ppl),
+        magnitude=m["magnitude"], wanda_corr=_correlate(config, density, m["wanda"]),
+        magnitude_corr=_correlate(config, density, m["magnitude"]), ablation=m["ablation"],
+        ablation_corr=_correlate(config, density, m["ablation"].delta_ppl),
         allocations=alloc["allocations"], scores=scores, search=alloc["search"],
         cgc_f_origin=alloc["origin"], cgc_f_start=alloc.get("start"),
         calibration_kl_tokens=alloc.get("calibration_kl_tokens"),

@@ -20,12 +20,14 @@ from cgc_lens.analysis.evolution import cgc_f_from_starts
 from cgc_lens.analysis.importance import finite_rank_correlation
 from cgc_lens.analysis.phase import phase_transition_points
 from cgc_lens.analysis.survival import destruction
+from cgc_lens.analysis.uncertainty import correlation_interval
 from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.prune_sweep import head_prune_sweep
 from cgc_lens.saes import BatchedSAEConfig, TrainConfig, fit_sae, load_batched_sae
 from cgc_lens.sites import Head
 from cgc_lens.studies.capability.config import CapabilityConfig
+from cgc_lens.studies.capability.intervals import interval_keys
 from cgc_lens.studies.capability.passes import CalibrationStats, KLFitness
 from cgc_lens.studies.capability.result import Theorem1Result
 
@@ -39,18 +41,28 @@ __all__ = ["allocations", "load_blocks", "load_saes", "spearman", "theorem1"]
 logger = logging.getLogger(__name__)
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def spearman(x: np.ndarray, y: np.ndarray,
+             config: CapabilityConfig | None = None) -> dict[str, float]:
     """Spearman ρ, p and n over the pairs where both are finite (NaN when fewer than 3 or flat),
-    as the study reports it (:func:`~cgc_lens.analysis.importance.finite_rank_correlation`)."""
+    as the study reports it (:func:`~cgc_lens.analysis.importance.finite_rank_correlation`);
+    with a ``config``, also ρ's bootstrap interval and permutation p (``rho_ci_low``,
+    ``rho_ci_high``, ``rho_perm_p``) from its ``seed``, ``bootstrap_resamples`` and
+    ``confidence``."""
     c = finite_rank_correlation(x, y)
-    return {"rho": c.rho, "p": c.p_value, "n": c.n}
+    out = {"rho": c.rho, "p": c.p_value, "n": c.n}
+    if config is not None:
+        out |= interval_keys(correlation_interval(
+            x, y, seed=config.seed, n_resamples=config.bootstrap_resamples,
+            confidence=config.confidence), "rho")
+    return out
 
 
 def load_blocks(config: CapabilityConfig, model: HookedTransformer, split: str, *, n_tokens: int,
                 block_len: int, seed: int, categories: tuple[str, ...] | None) -> TokenBlocks:
     """``n_tokens // block_len`` blocks of ``split`` of the study's corpus, drawn by ``seed``."""
     name = config.corpus or ("cgc-tiny" if config.model == "cgc-tiny" else "wikitext-103-raw-v1")
-    corpus = load_corpus(name, split=split, max_documents=config.max_documents)
+    corpus = load_corpus(name, split=split, max_documents=config.max_documents,
+                         category_field=config.category_field)
     if categories is not None:
         corpus = corpus.select(categories)
     n_blocks = n_tokens // block_len
@@ -125,15 +137,16 @@ def theorem1(config: CapabilityConfig, model: HookedTransformer, stats: Calibrat
         dppl, dkl = sweep.delta_ppl, sweep.delta_kl
     ptp_d = _ptp(config, destr)
     ptp_p = None if dppl is None else _ptp(config, dppl)
-    per_level = [{"retention": float(r), "destruction": spearman(density.density, destr[..., j]),
-                  "dppl": None if dppl is None else spearman(density.density, dppl[..., j])}
+    dd = density.density
+    per_level = [{"retention": float(r), "destruction": spearman(dd, destr[..., j], config),
+                  "dppl": None if dppl is None else spearman(dd, dppl[..., j], config)}
                  for j, r in enumerate(levels)]
     return Theorem1Result(
         retentions=levels, pruning=config.survival_pruning, destruction=destr, n_active=n_active,
         delta_ppl=dppl, delta_kl=dkl, ptp_destruction=ptp_d, ptp_dppl=ptp_p,
         correlations=per_level,
-        ptp_correlations={"destruction": spearman(density.density, ptp_d),
-                          "dppl": None if ptp_p is None else spearman(density.density, ptp_p)},
+        ptp_correlations={"destruction": spearman(dd, ptp_d, config),
+                          "dppl": None if ptp_p is None else spearman(dd, ptp_p, config)},
         n_tokens=stats.survival_tokens)
 
 

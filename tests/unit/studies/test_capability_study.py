@@ -181,3 +181,100 @@ def test_without_cgc_f_and_with_given_saes_and_mean_ablation(tmp_path):
         run_capability(replace(config, consistency_categories="corpus"), model=model,
                        calibration=_blocks(16, 0, cats=("one",)), evaluation=_blocks(8, 1),
                        sae=sae)
+
+
+def test_every_headline_correlation_has_its_interval_and_permutation_p(study):
+    from cgc_lens.analysis.uncertainty import correlation_interval
+
+    doc = json.loads((study["out"] / "results.json").read_text())
+    res = study["result"]
+    w = doc["spearman_density_wanda"]
+    for d, stat in ((w, "rho"), (w, "pearson"), (doc["spearman_density_magnitude"], "rho"),
+                    (doc["corr_density_ablation"], "spearman"),
+                    (doc["corr_density_ablation"], "pearson")):  # fmt: skip
+        assert d[f"{stat}_ci_low"] <= d[stat] <= d[f"{stat}_ci_high"], stat
+        assert 0 < d[f"{stat}_perm_p"] <= 1
+    # recomputed independently of the study's plumbing: same seed, same numbers
+    ref = correlation_interval(res.density.density, res.wanda, seed=CONFIG.seed,
+                               n_resamples=CONFIG.bootstrap_resamples)  # fmt: skip
+    assert (w["rho_ci_low"], w["rho_ci_high"], w["rho_perm_p"]) == (ref.ci_low, ref.ci_high,
+                                                                    ref.p)  # fmt: skip
+    for level in doc["theorem1"]["spearman_density"]:
+        assert {"rho_ci_low", "rho_ci_high", "rho_perm_p"} <= set(level["destruction"])
+    assert doc["consistency_mode"] == "cross-category"
+    assert doc["consistency_method"] == "all-pairs"
+    se = np.asarray(doc["density_se"], dtype=float)
+    assert se.shape == (2, 4) and (se > 0).all()
+    np.testing.assert_allclose(np.asarray(doc["density_ci_high"]) - np.asarray(doc["density"]),
+                               1.959963984540054 * se, rtol=1e-12)  # fmt: skip
+    s = doc["density_summary"]
+    assert s["mean_ci_low"] < s["mean"] < s["mean_ci_high"]
+    table = (study["out"] / "tables" / "correlations.csv").read_text()
+    assert "Spearman ρ(density, Wanda)" in table and "±" in table
+    report = (study["out"] / "report.html").read_text(encoding="utf-8")
+    assert "How sure are we" in report and "heads" in report
+    back = CapabilityResult.load(study["out"])
+    assert back.wanda_corr.intervals["rho"].ci_low == w["rho_ci_low"]
+    np.testing.assert_array_equal(back.density.density_se, res.density.density_se)
+
+
+def test_group_counts_sum_to_the_pooled_counts():
+    from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE
+    from cgc_lens.studies.capability.passes import block_labels, calibration_pass
+
+    model = make_tiny_model()
+    sae = BatchedTopKSAE(BatchedSAEConfig.for_heads(model, expansion=4, k=4), seed=0)
+    blocks = _blocks(10, 0)
+    cats, _ = block_labels(blocks, "corpus")
+    stats = calibration_pass(model, blocks.tokens, cats, sae, sample_per_category=16, seed=0,
+                             n_groups=4, batch_size=3, progress=False)  # fmt: skip
+    groups, pooled = stats.groups, stats.features.stats()
+    assert groups.counts.shape == (4, 2, 4, 32)
+    np.testing.assert_array_equal(groups.counts.sum(0), pooled.counts)
+    np.testing.assert_array_equal(groups.n_tokens.sum(0), pooled.n_tokens)
+    assert groups.n_tokens[:, 0].tolist() == [96, 64, 96, 64]  # blocks 3 + 2 + 3 + 2, whole
+
+
+def test_cross_sequence_mode_is_named_and_warned(tmp_path):
+    from dataclasses import replace
+
+    from cgc_lens.saes import BatchedSAEConfig, BatchedTopKSAE
+
+    model = make_tiny_model()
+    sae = BatchedTopKSAE(BatchedSAEConfig.for_heads(model, expansion=4, k=4), seed=0)
+    config = replace(CONFIG, cgc_f=False, survival_dppl=False, probes=(),
+                     bootstrap_resamples=99)  # fmt: skip
+    with pytest.warns(UserWarning, match="cross-sequence, not cross-category"):
+        res = run_capability(config, model=model, calibration=_blocks(12, 0, cats=("one",)),
+                             evaluation=_blocks(4, 1), sae=sae)  # fmt: skip
+    doc = json.loads((res.save(tmp_path) / "results.json").read_text())
+    assert doc["consistency_mode"] == "cross-sequence"
+    assert "cross-sequence" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_category_field_of_a_local_jsonl_gives_def3_categories(tmp_path):
+    from cgc_lens.data import load_corpus
+    from cgc_lens.studies.capability.passes import block_labels
+
+    path = tmp_path / "docs.jsonl"
+    rows = [{"text": f"document {i} " * 20, "topic": "law" if i % 2 else "bio",
+             "split": "calibration"} for i in range(6)]  # fmt: skip
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    plain = load_corpus(path, split="calibration")
+    assert plain.categories == ("docs",)  # no field named: one category per file
+    corpus = load_corpus(path, split="calibration", category_field="topic")
+    assert corpus.categories == ("bio", "law")
+    blocks = TokenBlocks(tokens=torch.zeros(6, 4, dtype=torch.long),
+                         categories=tuple(d.category for d in corpus.documents),
+                         starts=torch.arange(6) * 4, source=str(path), split="calibration",
+                         seed=0, stream_len=24)  # fmt: skip
+    labels, mode = block_labels(blocks)
+    assert mode == "corpus" and labels.tolist() == [0, 1, 0, 1, 0, 1]
+    with pytest.raises(CgcLensError, match=r"category_field 'subject': record 0 .* \(fields: "):
+        load_corpus(path, split="calibration", category_field="subject")
+    with pytest.raises(CgcLensError, match="category_field: expected None or a non-empty"):
+        CapabilityConfig(category_field="")
+    parser = argparse.ArgumentParser()
+    add_study_arguments(parser, "cgc")
+    args = parser.parse_args(["--out", str(tmp_path), "--category-field", "topic"])
+    assert args.category_field == "topic"
