@@ -236,6 +236,7 @@ def cross_input_consistency(
     Raises:
         CgcLensError: a layer's sample holds fewer than 2 categories.
     """
+    # Over 60 lines: half is the Args docstring; the body is one loop over layers, two branches
     block_len, n_groups = groups or (1, 20)
     n_groups = min(n_groups, -(-int(stats.n_tokens.min()) // block_len))
     value = np.zeros((stats.n_layers, stats.n_heads))
