@@ -165,6 +165,8 @@ def run_survival(
     tokens: Int[Tensor, "n_blocks block_len"] | TokenBlocks | None = None,
     eval_tokens: Int[Tensor, "n_eval block_len_eval"] | TokenBlocks | None = None,
     match_tokens: Int[Tensor, "n_match block_len_match"] | TokenBlocks | None = None,
+    calibration_tokens: Int[Tensor, "n_calibration block_len_calibration"] | TokenBlocks | None
+    = None,
 ) -> SurvivalResult:
     """Run the feature-survival audit described by ``config`` (see the module docstring).
 
@@ -178,6 +180,8 @@ def run_survival(
         tokens: feature tokens instead of drawing ``config.tokens`` from ``config.corpus``.
         eval_tokens: perplexity tokens instead of drawing ``config.eval_tokens``.
         match_tokens: held-out tokens of the matched search instead of ``config.match_tokens``.
+        calibration_tokens: calibration tokens of GPTQ, AWQ and Wanda conditions instead of
+            ``config.calibration_tokens``.
 
     Example:
         >>> result = run_survival(SurvivalConfig(tokens=4096, bits=(8, 4)))  # doctest: +SKIP
@@ -193,7 +197,7 @@ def run_survival(
     compared = compared_conditions(config.compare, model)  # refused here, before any pass
     targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
-                                       "match": match_tokens})
+                                       "match": match_tokens, "calibration": calibration_tokens})
     feats = sets["features"]
     assert feats is not None
     t0 = time.perf_counter()
