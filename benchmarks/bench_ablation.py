@@ -1,6 +1,7 @@
 """The per-head ablation sweep does no forward work it can avoid.
 
-Three timings, interleaved in one run (medians and minima over ``--reps``):
+Three timings in CPU seconds of this process (steadier than wall time on a shared machine),
+interleaved in one run (medians and minima over ``--reps``):
 
 - **sweep**: ``cgc_lens.forward.ablation.head_ablation`` as the study calls it (one dense forward
   per batch caching ``hook_z`` and ``hook_resid_mid``, then per head: subtract its contribution,
@@ -31,7 +32,7 @@ import time
 
 import numpy as np
 import torch
-from common import get_model
+from common import add_smoke, get_model, smoke
 
 from cgc_lens.forward.ablation import head_ablation, head_ablation_naive
 from cgc_lens.forward.head_edits import logits_from_residual, residual_start
@@ -87,8 +88,7 @@ def floor(model, start, inputs, *, with_dense: bool) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--smoke", action="store_true",
-                        help="a random 2-layer model, 1 rep: runs in seconds (CI)")
+    add_smoke(parser)
     parser.add_argument("--model", default="cgc-tiny", choices=["cgc-tiny", *SHAPES])
     parser.add_argument("--vocab", type=int, default=None, help="override d_vocab (random)")
     parser.add_argument("--blocks", type=int, default=None)
@@ -101,11 +101,9 @@ def main() -> int:
                         help="heads per layer checked in float64 (default: all)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (1 is steadier on a shared machine)")
-    args = parser.parse_args()
+    args = smoke(parser.parse_args(), model="smoke", reps=1)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.smoke:
-        args.model, args.reps = "smoke", 1
     torch.manual_seed(0)
     name, model = get_model(args.model, SHAPES, args.vocab)
     blocks, seq, batch_size, layers = DEFAULTS[name]
@@ -142,9 +140,9 @@ def main() -> int:
     naive = None
     for rep in range(args.reps):
         for key, fn in runs.items():
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             out = fn()
-            times[key].append(time.perf_counter() - t0)
+            times[key].append(time.process_time() - t0)
             if key == "naive" and rep == 0:
                 naive = out
     med = {k: statistics.median(v) for k, v in times.items()}

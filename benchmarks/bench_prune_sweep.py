@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 from bench_ablation import SHAPES, floor, floor_inputs
-from common import get_model
+from common import add_smoke, get_model, smoke
 
 from cgc_lens.forward.prune_sweep import (
     PASS_LOGITS_ELEMENTS,
@@ -56,11 +56,7 @@ LEVELS = (0.9, 0.75, 0.5, 0.25, 0.1)  # the capability study's survival_retentio
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="a random 2-layer model, 3 levels, 1 rep: runs in seconds (CI)",
-    )
+    add_smoke(parser)  # a random 2-layer model, 3 levels, 1 rep
     parser.add_argument("--model", default="cgc-tiny", choices=["cgc-tiny", *SHAPES])
     parser.add_argument("--vocab", type=int, default=None, help="override d_vocab (random)")
     parser.add_argument("--levels", type=float, nargs="+", default=list(LEVELS))
@@ -143,12 +139,10 @@ def _check64(model, tokens, heads, levels, *, batch_size, per_pass) -> bool:
 
 
 def main() -> int:
-    args = _parser().parse_args()
+    args = smoke(_parser().parse_args(), model="smoke", reps=1, levels=list(LEVELS[::2]))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.smoke:
-        args.model, args.reps, args.levels = "smoke", 1, args.levels[::2]
     name, model = get_model(args.model, SHAPES, args.vocab)
     blocks, seq, batch_size, layers = DEFAULTS[name]
     blocks, seq = args.blocks or blocks, min(args.seq or seq, model.cfg.n_ctx)
