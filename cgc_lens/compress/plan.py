@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cgc_lens.compress.operators.base import PHASES, Operator, operator_from_dict
+from cgc_lens.compress.operators.semi_structured import SemiStructured
 from cgc_lens.compress.operators.wanda import WandaPrune
 from cgc_lens.compress.targets import Targets, WeightRef
 from cgc_lens.errors import CgcLensError
@@ -126,11 +127,15 @@ class Plan:
     def calibrate(
         self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8
     ) -> Plan:
-        """Calibrate every uncalibrated :class:`WandaPrune` step on ``tokens`` (model as is)."""
+        """Calibrate every uncalibrated :class:`WandaPrune` (and Wanda-scored
+        :class:`SemiStructured`) step on ``tokens`` (model as is)."""
         steps = []
         for step in self.steps:
             op = step.operator
-            if isinstance(op, WandaPrune) and op.input_norms is None:
+            wanda = isinstance(op, WandaPrune) or (
+                isinstance(op, SemiStructured) and op.score == "wanda"
+            )
+            if wanda and op.input_norms is None:
                 targets = step.targets or op.default_targets()
                 op = op.calibrate(model, tokens, targets, batch_size=batch_size)
             steps.append(replace(step, operator=op))

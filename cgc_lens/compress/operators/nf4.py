@@ -29,7 +29,14 @@ from cgc_lens.compress.operators.bits import matrix_shape, nf4_bits_per_weight
 from cgc_lens.compress.targets import WeightRef
 from cgc_lens.errors import CgcLensError
 
-__all__ = ["NF4", "NF4_CODE", "dynamic_map", "nf4_quantize", "nf4_quantize_blocks"]
+__all__ = [
+    "NF4",
+    "NF4_CODE",
+    "double_quantize_absmax",
+    "dynamic_map",
+    "nf4_quantize",
+    "nf4_quantize_blocks",
+]
 
 NF4_CODE: tuple[float, ...] = (
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -56,8 +63,8 @@ def dynamic_map() -> tuple[float, ...]:
     data: list[float] = []
     for i in range(7):  # exponent 10^-6 .. 10^0, 2^i fraction levels each, both signs
         bounds = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
-        means = ((bounds[:-1] + bounds[1:]) / 2.0).tolist()
-        data += [10 ** (-6 + i) * m for m in means] + [-(10 ** (-6 + i)) * m for m in means]
+        means = (bounds[:-1] + bounds[1:]) / 2.0  # float32 products, as bitsandbytes forms them
+        data += ((10 ** (-6 + i)) * means).tolist() + ((-(10 ** (-6 + i))) * means).tolist()
     data += [0.0, 1.0]
     data += [0.0] * (256 - len(data))
     return tuple(torch.tensor(sorted(data), dtype=torch.float32).tolist())
@@ -82,7 +89,7 @@ def _scaled(flat: Tensor, absmax: Tensor, block: int) -> Tensor:
     return scaled.clamp_(-1, 1)
 
 
-def _double_quantize(absmax: Tensor) -> Tensor:
+def double_quantize_absmax(absmax: Tensor) -> Tensor:
     """The absmax values after QLoRA's second quantization (dequantized back)."""
     offset = absmax.mean()
     centred = absmax - offset
@@ -109,7 +116,7 @@ def nf4_quantize_blocks(
     bounds = (code[:-1] + code[1:]) / 2
     q = torch.bucketize(_scaled(x, absmax, block_size), bounds)
     if double_quant:
-        absmax = _double_quantize(absmax)
+        absmax = double_quantize_absmax(absmax)
     per_value = absmax.repeat_interleave(block_size)[: x.numel()]
     return code[q] * per_value
 
