@@ -12,11 +12,13 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib
 import json
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -24,12 +26,29 @@ from pathlib import Path
 from typing import Any
 
 from cgc_lens.cli_docs import render_markdown
-from cgc_lens.cli_options import add_config_arguments, config_from_command_line
+from cgc_lens.cli_options import (
+    OptionSpec,
+    add_option_specs,
+    config_from_command_line,
+    option_specs,
+)
+from cgc_lens.cli_tables import (
+    format_table,
+    report_adaptive,
+    report_capability,
+    report_survival,
+)
+
+# Building the parser imports no study, no torch: the options come from CLI_SPEC (see
+# cgc_lens.cli_options); a command imports what it runs inside its own function.
 
 __all__ = [
-    "STUDIES", "StudyCommand", "add_study_arguments", "build_parser", "format_table", "main",
-    "render_cli_markdown", "run_study", "study_config",
+    "CLI_SPEC", "STUDIES", "StudyCommand", "add_study_arguments", "build_parser", "format_table",
+    "main", "render_cli_markdown", "run_study", "spec_from_configs", "study_config",
 ]
+
+CLI_SPEC = Path(__file__).with_name("cli_spec.json")
+"""The study commands' options, from their config classes (``scripts/gen_cli_docs.py``)."""
 
 log = logging.getLogger("cgc_lens")
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int], str]] = {}
@@ -58,13 +77,27 @@ def _info_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _versions() -> dict[str, str]:
+    """Installed versions, read from the package metadata (nothing imported); the same list as
+    :func:`cgc_lens.io.results.versions`, which the results folders record."""
+    from importlib import metadata
+
+    out = {}
+    for dist in ("cgc-lens", "torch", "transformer-lens", "sae-lens", "transformers", "numpy",
+                 "scipy", "scikit-learn", "pandas", "plotly"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    out["python"] = sys.version.split()[0]
+    return out
+
+
 def _info(args: argparse.Namespace) -> int:
     import torch
 
-    from cgc_lens.io.results import versions
-
     info = {
-        "versions": versions(),
+        "versions": _versions(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "assets": asset_table(),
@@ -131,11 +164,12 @@ class StudyCommand:
     help: str
     """One line on what the study does."""
     config: str
-    """``module:Class`` of the study's frozen Config (imported when the parser is built)."""
+    """``module:Class`` of the study's frozen Config (imported when the command runs; its options
+    are read from :data:`CLI_SPEC`)."""
     run: Callable[[Any], Any]
     """``run(config) -> result``; the result has ``save(out) -> Path``."""
     report: Callable[[Any, Path], None]
-    """Prints or logs the main table of a saved result: ``report(result, out)``."""
+    """Prints the main table of a saved result to stdout: ``report(result, out)``."""
     out_help: str
     """Help of ``--out``."""
     config_help: str
@@ -177,61 +211,17 @@ def _run_adaptive(config: Any) -> Any:
     return run_adaptive(config)
 
 
-def format_table(result: Any) -> str:
-    """Table 1 of a survival result as aligned text (what ``cgc-lens survival`` prints)."""
-    from cgc_lens.studies.survival.result import TABLE1_COLUMNS
-
-    table = result.to_frame()[list(TABLE1_COLUMNS)]
-    return table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-")
-
-
-def _report_survival(result: Any, out: Path) -> None:
-    lines = [format_table(result), ""]
-    if result.stability.null is not None:
-        n = result.stability.null
-        lines.append(f"null check: {'passed' if n.passed else 'FAILED'} (mean r {n.mean_corr:.6f})")
-    if result.fragility is not None:
-        f = result.fragility
-        lines.append(f"fragility ({f.condition}): {f.cv_auc:.3f} CV AUC over {f.n_features} "
-                     "features")
-    lines.append(f"results: {out / 'results.json'}, {out / 'tables' / 'features.csv'}, "
-                 f"{out / 'report.html'}")
-    sys.stdout.write("\n".join(lines) + "\n")
-
-
-def _report_capability(result: Any, out: Path) -> None:
-    logger, config = logging.getLogger("cgc_lens.studies.capability.run"), result.config
-    logger.info("Table 1 (%s, retention %g):\n%s", config.model, config.retention,
-                result.table().to_string(float_format=lambda v: f"{v:.4g}"))
-    logger.info("results written to %s", out)
-
-
-def _report_adaptive(result: Any, out: Path) -> None:
-    logger = logging.getLogger("cgc_lens.studies.adaptive.run")
-    columns = ["site", "method", "explained_variance", "latent_contribution", "mse", "l0",
-               "dead_fraction", "kl", "ce_loss_recovered"]
-    logger.info("quality (eval split):\n%s", result.metrics[columns].to_string(index=False))
-    if not result.probing.empty:
-        logger.info("sparse probing (mean over tasks):\n%s",
-                    result.probing_summary().to_string(index=False))
-    for method, sites in result.collapsed.items():
-        for site, names in sites.items():
-            logger.log(logging.WARNING if names else logging.INFO, "%s %s: %s", method, site,
-                       f"COLLAPSED ({', '.join(names)})" if names else "no collapse")
-    logger.info("results in %s", out)
-
-
 STUDIES: dict[str, StudyCommand] = {
     "survival": StudyCommand(
         help="feature-survival audit of a frozen SAE under compression",
         config="cgc_lens.studies.survival.config:SurvivalConfig", run=_run_survival,
-        report=_report_survival, skip=("plans",), out_help="results folder",
+        report=report_survival, skip=("plans",), out_help="results folder",
         config_help="JSON config (path, or a packaged name such as survival_pythia70m); "
                     "options given on the command line override it"),
     "cgc": StudyCommand(
         help="capability-guided compression: density, Wanda, ablation, allocations",
         config="cgc_lens.studies.capability.config:CapabilityConfig", run=_run_capability,
-        report=_report_capability, layout=("out", "config", "aliases", "fields"),
+        report=report_capability, layout=("out", "config", "aliases", "fields"),
         skip=("density", "evo"), out_help="results folder to write",
         config_help="JSON CapabilityConfig: a path or a shipped config's name "
                     "(cgc_gpt2_medium); options given on the command line override it",
@@ -239,7 +229,7 @@ STUDIES: dict[str, StudyCommand] = {
     "adaptive": StudyCommand(
         help="AdaptiveCompress residual compressor beside a TopK SAE",
         config="cgc_lens.studies.adaptive.config:AdaptiveStudyConfig", run=_run_adaptive,
-        report=_report_adaptive, nested=("compressor", "train", "probing", "thresholds"),
+        report=report_adaptive, nested=("compressor", "train", "probing", "thresholds"),
         out_help="results folder (results.json, tables, figures, report.html)",
         config_help="JSON AdaptiveStudyConfig: a path or a shipped config's name; options "
                     "given on the command line override it"),
@@ -253,21 +243,48 @@ def _overwrite_argument(parser: argparse.ArgumentParser) -> None:
                         help="replace a non-empty --out whole (default: refuse it)")
 
 
+def spec_from_configs() -> dict[str, list[dict[str, Any]]]:
+    """Every study command's config options (fields, then nested configs' fields), computed from
+    the config classes (imports the studies): what :data:`CLI_SPEC` stores."""
+    specs = {}
+    for name, cmd in STUDIES.items():
+        cls = cmd.config_class
+        rows = option_specs(cls, skip=cmd.skip + cmd.nested)
+        for field_name in cmd.nested:
+            rows += option_specs(type(getattr(cls(), field_name)))
+        specs[name] = [row.to_dict() for row in rows]
+    return specs
+
+
+def _study_specs(name: str) -> list[OptionSpec]:
+    """The options of study ``name``, from :data:`CLI_SPEC` (from the configs without it)."""
+    try:
+        stored = json.loads(CLI_SPEC.read_text(encoding="utf-8"))[name]
+    except (OSError, KeyError, ValueError):  # not generated yet: slower, same options
+        stored = spec_from_configs()[name]
+    return [OptionSpec.from_dict(row) for row in stored]
+
+
+def _quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", "-q", dest="progress", action="store_false",
+                        default=argparse.SUPPRESS,
+                        help="no progress bars (logs and the table still print)")
+
+
 def add_study_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """Options of ``cgc-lens NAME``: one per config field (and per nested config's field),
-    ``--config`` and ``--out``, in the study's layout."""
+    ``--config``, ``--out`` and ``--quiet``, in the study's layout. Nothing is imported: the
+    options are read from :data:`CLI_SPEC`."""
     cmd = STUDIES[name]
     for part in cmd.layout:
         if part == "fields":
-            cls = cmd.config_class
-            add_config_arguments(parser, cls, skip=cmd.skip + cmd.nested)
-            for field_name in cmd.nested:
-                add_config_arguments(parser, type(getattr(cls(), field_name)))
+            add_option_specs(parser, _study_specs(name))
         elif part == "config":
             parser.add_argument("--config", default=None, help=cmd.config_help)
         elif part == "out":
             parser.add_argument("--out", type=Path, required=True, help=cmd.out_help)
             _overwrite_argument(parser)
+            _quiet_argument(parser)
         else:
             for flag, dest, kind, help_text in cmd.aliases:
                 parser.add_argument(flag, dest=dest, type=kind, default=argparse.SUPPRESS,
@@ -284,13 +301,16 @@ def study_config(name: str, args: argparse.Namespace) -> Any:
 def run_study(name: str, args: argparse.Namespace) -> int:
     """``cgc-lens NAME``: check ``--out`` (not a file, empty unless ``--overwrite``, writable,
     no other run writing it), build the config, run the study holding ``--out``'s lock, save
-    the result there whole, report."""
+    the result there whole, print its table. ``--quiet`` (``--no-progress``) turns off every
+    progress bar of the run."""
     from cgc_lens.io import check_out_dir, folder_lock
+    from cgc_lens.progress import quiet
 
     cmd, overwrite = STUDIES[name], getattr(args, "overwrite", False)
     check_out_dir(args.out, overwrite=overwrite)
     config = study_config(name, args)
-    with folder_lock(args.out):
+    with folder_lock(args.out), (quiet() if getattr(args, "progress", True) is False
+                                 else contextlib.nullcontext()):
         result = cmd.run(config)
         out = result.save(args.out, overwrite=overwrite)
     cmd.report(result, out)
@@ -306,6 +326,7 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"),
                         help="parent of the two results folders (OUT/survival, OUT/cgc)")
     _overwrite_argument(parser)
+    _quiet_argument(parser)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -319,6 +340,7 @@ def _demo(args: argparse.Namespace) -> int:
         add_study_arguments(parser, name)
         print(f"\n=== cgc-lens {name} --out {args.out / name} ===", flush=True)
         argv = ["--out", str(args.out / name)] + (["--overwrite"] if args.overwrite else [])
+        argv += [] if getattr(args, "progress", True) else ["--quiet"]
         status = run_study(name, parser.parse_args(argv))
         if status:
             return status
@@ -331,14 +353,25 @@ _command("demo", "the main job on cgc-tiny: survival audit and capability study"
 )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help wrapped at spaces only: an SAE id or a model name ("gemma-scope-2b-pt-res-canonical")
+    is never split at a hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False,
+                             break_long_words=False)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The ``cgc-lens`` parser and its subcommand parsers by name."""
-    parser = argparse.ArgumentParser(prog="cgc-lens", description=__doc__.splitlines()[0])
+    """The ``cgc-lens`` parser and its subcommand parsers by name (nothing heavy imported)."""
+    parser = argparse.ArgumentParser(prog="cgc-lens", description=__doc__.splitlines()[0],
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = {}
     for name, (add_args, _, help_text) in _COMMANDS.items():
-        commands[name] = sub.add_parser(name, help=help_text, description=help_text)
+        commands[name] = sub.add_parser(name, help=help_text, description=help_text,
+                                        formatter_class=_HelpFormatter)
         add_args(commands[name])
     return parser, commands
 

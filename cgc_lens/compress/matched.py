@@ -8,6 +8,12 @@ grows roughly exponentially with compression), with bisection as the fallback.
 
 ``evaluate`` is any ``Callable[[HookedTransformer], float]`` (perplexity, KL to the dense
 model ...); compute it on tokens held out from those used for feature statistics or calibration.
+
+A search that stops short of its tolerance is not necessarily a poor match: pruning a small
+model moves perplexity in steps, so the tolerance (a fraction of a gap that may itself be 0.1%
+of the perplexity) can be narrower than any step. :meth:`MatchResult.is_poor` calls a match
+poor only when it is also off by more than :data:`POOR_MATCH_RTOL` of the target value; only
+then is a warning logged.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ from cgc_lens.compress.operators.base import Operator
 from cgc_lens.compress.plan import Plan, Step
 from cgc_lens.compress.targets import Targets
 from cgc_lens.errors import CgcLensError
+from cgc_lens.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
-__all__ = ["MatchResult", "bisect_level", "match_level", "measure", "root_level"]
+__all__ = [
+    "POOR_MATCH_RTOL", "MatchResult", "bisect_level", "match_level", "measure", "root_level",
+]
+
+POOR_MATCH_RTOL = 1e-3
+"""A match off its target by more than this fraction of the target value is poor (0.1%: well
+under the sampling error of a perplexity on some thousand tokens, so a closer match would not
+change what a comparison shows)."""
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +72,17 @@ class MatchResult:
     def n_evaluations(self) -> int:
         """How many times the model was evaluated."""
         return len(self.evaluations)
+
+    def is_poor(self, rtol: float = POOR_MATCH_RTOL) -> bool:
+        """Not within the search's tolerance *and* off by more than ``rtol`` of the target.
+
+        Example:
+            >>> r = MatchResult(level=0.1, value=40.004, target=40.0, evaluations=(),
+            ...                 method="root", converged=False)
+            >>> r.is_poor(), r.is_poor(rtol=1e-5)
+            (False, True)
+        """
+        return not self.converged and abs(self.relative_error) > rtol
 
 
 def _check(target: float, lo: float, hi: float) -> None:
@@ -188,9 +213,12 @@ def _illinois(
             if side == -1:
                 gb /= 2
             side = -1
-    logger.warning("root_level stopped after %d evaluations (bracket %.3g wide) without "
-                   "reaching the tolerance.", len(probes.evaluations), b - a)
-    return probes.result(x, vx, False)
+    result = probes.result(x, vx, False)
+    logger.log(logging.WARNING if result.is_poor() else logging.DEBUG,
+               "root_level stopped after %d evaluations (bracket %.3g wide) without reaching the "
+               "tolerance; closest %+.4f%% off the target.", len(probes.evaluations), b - a,
+               100 * result.relative_error)
+    return result
 
 
 def measure(
@@ -207,6 +235,7 @@ def match_level(
     target: float, *, targets: Targets | None = None, method: Literal["bisect", "root"] = "root",
     lo: float = 0.0, hi: float = 0.8, steps: int = 6, rtol: float = 0.005, atol: float = 0.0,
     max_evaluations: int = 12, value_at_lo: float | None = None, xtol: float = 1e-4,
+    progress: bool = False, desc: str = "matched search",
 ) -> MatchResult:
     """The level of ``operator`` at which ``evaluate`` matches ``target``.
 
@@ -225,18 +254,26 @@ def match_level(
         max_evaluations: evaluation budget of the root finder.
         value_at_lo: ``evaluate`` at ``lo`` if already known (root finder only).
         xtol: the root finder gives up once the level bracket is narrower than this.
+        progress: show a bar over the evaluations (at most ``max_evaluations`` or ``steps``).
+        desc: the bar's description (which condition is matched).
     """
     if operator.level_field is None:
         raise CgcLensError(f"{type(operator).__name__} has no scalar level to search.")
+    if method not in ("bisect", "root"):
+        raise CgcLensError(f"method must be 'root' or 'bisect', got {method!r}.")
+    bar = progress_bar(desc=desc, total=steps if method == "bisect" else max_evaluations,
+                       enabled=progress, unit="eval")
 
     def f(level: float) -> float:
-        return measure(model, operator.at_level(level), evaluate, targets)
+        value = measure(model, operator.at_level(level), evaluate, targets)
+        bar.set_postfix(level=f"{level:.4f}", value=f"{value:.5g}", refresh=False)
+        bar.update()
+        return value
 
     increasing = operator.higher_is_harsher
-    if method == "bisect":
-        return bisect_level(f, target, lo=lo, hi=hi, steps=steps, increasing=increasing,
-                            rtol=rtol, atol=atol)
-    if method == "root":
+    with bar:
+        if method == "bisect":
+            return bisect_level(f, target, lo=lo, hi=hi, steps=steps, increasing=increasing,
+                                rtol=rtol, atol=atol)
         return root_level(f, target, lo=lo, hi=hi, increasing=increasing, rtol=rtol, atol=atol,
                           max_evaluations=max_evaluations, value_at_lo=value_at_lo, xtol=xtol)
-    raise CgcLensError(f"method must be 'root' or 'bisect', got {method!r}.")

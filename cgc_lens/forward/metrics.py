@@ -129,6 +129,19 @@ class PerplexityResult:
         """``exp(mean_nll)``."""
         return math.exp(self.mean_nll)
 
+    def __repr__(self) -> str:
+        """The perplexity first, then what it was computed from.
+
+        Example:
+            >>> PerplexityResult(nll_sum=2 * math.log(20.0), n_tokens=2, protocol="chunked")
+            PerplexityResult(perplexity=20, mean_nll=2.996, n_tokens=2, protocol='chunked')
+        """
+        window = (f", window={self.window}, stride={self.stride}"
+                  if self.protocol == "sliding" else "")
+        return (f"PerplexityResult(perplexity={self.perplexity:.6g}, mean_nll="
+                f"{self.mean_nll:.4g}, n_tokens={self.n_tokens}, protocol={self.protocol!r}"
+                f"{window})")
+
 
 def _check_tokens(model: HookedTransformer, tokens: Tensor, width: int, *,
                   window: int | None = None) -> None:

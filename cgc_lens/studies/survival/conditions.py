@@ -257,12 +257,12 @@ def _match(config: SurvivalConfig, model: HookedTransformer, match_tokens: Tenso
     atol = config.match_tolerance * abs(target - reference)
     match = match_level(model, MagnitudePrune(0.0), evaluate, target,
                         method=config.match_method, rtol=0.0, atol=atol,
-                        value_at_lo=reference)
+                        value_at_lo=reference, progress=config.progress, desc=f"match {name}")
     log.info("%s: sparsity %.4f gives ppl %.4f on %d held-out tokens (target %.4f, "
              "reference %.4f; %d evaluations, %.1f s)", name, match.level, match.value,
              match_tokens.numel(), target, reference, match.n_evaluations,
              time.perf_counter() - t0)
-    if not match.converged:
+    if match.is_poor():  # off by more than 0.1% of the target: a step the search cannot split
         log.warning("%s: the search did not come within %.4g of the target perplexity "
                     "(closest: %+.3f%%).", name, atol, 100 * match.relative_error)
     return match

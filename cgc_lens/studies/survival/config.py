@@ -30,13 +30,18 @@ from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, re
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
 
 __all__ = [
-    "CONFIG_DIR", "NULL_NAME", "PlanCondition", "SurvivalConfig", "parse_compare", "rtn_name",
+    "CONFIG_DIR", "MATCH_AUTO", "NULL_NAME", "PlanCondition", "SurvivalConfig", "parse_compare",
+    "rtn_name",
 ]
 
 """Where the packaged reproduction configs live (``survival_pythia70m.json`` ...)."""
 
 NULL_NAME = "reference"
 """Name of the null condition: the reference model against itself (Table 1's baseline row)."""
+
+
+MATCH_AUTO = "auto"
+"""``match_pruning``'s default: match the RTN condition at 6 bits, else the lowest asked for."""
 
 
 def rtn_name(bits: int) -> str:
@@ -103,9 +108,9 @@ class SurvivalConfig:
     model: str = "cgc-tiny"
     """Model name (TransformerLens pretrained name, "cgc-tiny") or local path."""
     sae: str = "cgc-tiny"
-    """The frozen SAE: "RELEASE/ID" (e.g. "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/
-    canonical"), "RELEASE" with sae_id, a local folder, or "cgc-tiny" (its embedded residual
-    SAE). Its hook is the read-out site."""
+    """The frozen SAE: "RELEASE/ID" (e.g.
+    "gemma-scope-2b-pt-res-canonical/layer_12/width_16k/canonical"), "RELEASE" with sae_id, a
+    local folder, or "cgc-tiny" (its embedded residual SAE). Its hook is the read-out site."""
     sae_id: str | None = None
     """SAE id inside the release, when "sae" is given without one (e.g. a hub repo ORG/NAME)."""
     hook: str | None = None
@@ -155,9 +160,11 @@ class SurvivalConfig:
     """Checkpoints to audit against the model, one condition each: PATH or NAME=PATH of a
     Hugging Face folder of the same architecture (plain, or compressed-tensors), a folder
     written by cgc_lens.save_model, or a .gguf file."""
-    match_pruning: int | str | None = 6
+    match_pruning: int | str | None = "auto"
     """Add magnitude pruning whose perplexity on the match tokens equals that of RTN at these
-    bits (an int) or of the named condition; none if unset."""
+    bits (an int) or of the named condition; none if unset. "auto": the RTN condition at 6 bits
+    (the paper's matched pair) when one is asked for, else the lowest-bit RTN condition asked
+    for (bits, or an int<b> of conditions), else none."""
     match_method: Literal["root", "bisect"] = "root"
     """Matched search: "root" (Illinois regula falsi to match_tolerance) or "bisect" (the
     paper's six fixed bisection steps on [0, 0.8], keeping the closest; App. F)."""
@@ -321,16 +328,17 @@ class SurvivalConfig:
             raise unknown_name("focus condition", self.focus, names)
         matched = {name for name, _, _ in self.matched}
         base = tuple(n for n in names if n not in matched)
-        if isinstance(self.match_pruning, int) and not isinstance(self.match_pruning, bool):
-            check_bits(self.match_pruning)
-        elif self.match_pruning in {parse_compare(spec)[0] for spec in self.compare}:
+        match = self.match_resolved
+        if isinstance(match, int) and not isinstance(match, bool):
+            check_bits(match)
+        elif match in {parse_compare(spec)[0] for spec in self.compare}:
             raise CgcLensError(f"match_pruning cannot name the compared checkpoint "
-                               f"{self.match_pruning!r}: match to bits or a plan's condition.")
-        elif isinstance(self.match_pruning, str) and self.match_pruning not in base:
-            raise unknown_name("condition to match pruning to", self.match_pruning, base)
-        elif self.match_pruning is not None and not isinstance(self.match_pruning, str):
-            raise CgcLensError(f"match_pruning must be bits (int), a condition name or None, "
-                               f"got {self.match_pruning!r}.")
+                               f"{match!r}: match to bits or a plan's condition.")
+        elif isinstance(match, str) and match not in base:
+            raise unknown_name("condition to match pruning to", match, base)
+        elif match is not None and not isinstance(match, str):
+            raise CgcLensError(f"match_pruning must be bits (int), a condition name, 'auto' or "
+                               f"None, got {match!r}.")
 
     @property
     def thresholds(self) -> SurvivalThresholds:
@@ -339,12 +347,28 @@ class SurvivalConfig:
                                   damaged=self.damaged)
 
     @property
+    def match_resolved(self) -> int | str | None:
+        """``match_pruning`` with "auto" resolved against the conditions asked for.
+
+        Example:
+            >>> SurvivalConfig(bits=(8, 4)).match_resolved, SurvivalConfig().match_resolved
+            ('RTN INT4', 'RTN INT6')
+            >>> SurvivalConfig(conditions=("nf4",)).match_resolved is None
+            True
+        """
+        if self.match_pruning != MATCH_AUTO:
+            return self.match_pruning
+        rtn = {int(spec[3:]): name for name, spec in self.condition_specs
+               if spec[:3] == "int" and spec[3:].isdigit()}
+        return rtn.get(6, rtn[min(rtn)]) if rtn else None
+
+    @property
     def match_target(self) -> str | None:
         """Name of the condition ``match_pruning`` matches to (``None`` if no matching)."""
-        if self.match_pruning is None:
+        match = self.match_resolved
+        if match is None:
             return None
-        return rtn_name(self.match_pruning) if isinstance(self.match_pruning, int) \
-            else self.match_pruning
+        return rtn_name(match) if isinstance(match, int) else match
 
     @property
     def condition_specs(self) -> tuple[tuple[str, str], ...]:
@@ -369,10 +393,11 @@ class SurvivalConfig:
             target = parse_condition(spec)[1].match
             if target is not None:
                 out.append((spec, by_spec.get(target, target), target))
-        if self.match_pruning is not None:
-            bits = isinstance(self.match_pruning, int)
-            target = f"int{self.match_pruning}" if bits else dict(self.condition_specs).get(
-                self.match_pruning)  # type: ignore[arg-type]
+        match = self.match_resolved
+        if match is not None:
+            bits = isinstance(match, int)
+            target = f"int{match}" if bits else dict(self.condition_specs).get(
+                match)  # type: ignore[arg-type]
             out.append((f"magnitude matched {self.match_target}", self.match_target, target))
         return tuple(out)
 
