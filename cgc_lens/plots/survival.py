@@ -22,6 +22,7 @@ __all__ = [
     "plot_nonsurvival_deciles",
     "plot_quartile_survival",
     "plot_roc_curves",
+    "plot_survival_vs_bits",
     "plot_taxonomy",
 ]
 
@@ -276,3 +277,50 @@ def plot_quartile_survival(quartiles: pd.DataFrame) -> go.Figure:
         yaxis_title="survived (%)", yaxis_range=[0, 100], title="Survival by predictor quartile",
     )  # fmt: skip
     return fig
+
+
+def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
+    """Mean r (left) and survived % (right) against effective bits per weight, one labelled
+    marker per condition, one colour per format: formats compared at equal size.
+
+    Rows without ``bits_per_weight`` (a plan of several steps, a checkpoint of unknown
+    storage) are left out.
+
+    Args:
+        summary: Table 1 with ``name``, ``format``, ``bits_per_weight``, ``mean_corr`` and
+            ``survived_pct`` (:meth:`~cgc_lens.studies.survival.SurvivalResult.to_frame`).
+
+    Example:
+        >>> table = pd.DataFrame({"name": ["int4", "nf4", "2:4"], "format": ["rtn", "nf4",
+        ...     "semi_structured"], "bits_per_weight": [4.1, 4.5, 9.0],
+        ...     "mean_corr": [0.79, 0.85, 0.43], "survived_pct": [29.0, 41.7, 2.4]})
+        >>> sorted({t.name for t in plot_survival_vs_bits(table).data})
+        ['nf4', 'rtn', 'semi_structured']
+    """
+    columns = ["name", "format", "bits_per_weight", "mean_corr", "survived_pct"]
+    _require(summary, columns, "plot_survival_vs_bits")
+    rows = summary.dropna(subset=["bits_per_weight"])
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
+                        subplot_titles=("mean feature r", "survived features (%)"))
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf")
+    formats = list(dict.fromkeys(rows["format"].fillna("other")))
+    for i, fmt in enumerate(formats):
+        part = rows[rows["format"].fillna("other") == fmt]
+        for col, y in ((1, "mean_corr"), (2, "survived_pct")):
+            fig.add_trace(
+                go.Scatter(
+                    x=part["bits_per_weight"], y=part[y], text=part["name"], name=fmt,
+                    mode="markers+text", textposition="top center", legendgroup=fmt,
+                    showlegend=col == 1, marker={"size": 10, "color": palette[i % len(palette)]},
+                    hovertemplate="%{text}: %{y:.3f} at %{x:.3f} bits/weight<extra></extra>",
+                ),
+                row=1, col=col,
+            )  # fmt: skip
+    fig.update_xaxes(title_text="effective bits per weight")
+    fig.update_yaxes(title_text="mean r", row=1, col=1)
+    fig.update_yaxes(title_text="% survived", range=[0, 105], row=1, col=2)
+    fig.update_layout(title="Feature survival against bits per weight, by format",
+                      legend_title_text="format")
+    return fig
+

@@ -37,6 +37,7 @@ from cgc_lens.plots.survival import (
     plot_nonsurvival_deciles,
     plot_quartile_survival,
     plot_roc_curves,
+    plot_survival_vs_bits,
     plot_taxonomy,
 )
 from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig
@@ -51,6 +52,14 @@ TABLE1_COLUMNS = ("name", "bits", "sparsity", "ppl", "ppl_delta_pct", "mean_corr
 """Table 1's columns, in the paper's order."""
 _REF_FIELDS = ("fire_count", "sum_activation", "sum_activation_firing", "sum_sq_firing",
                "peak_activation")
+
+
+def _bit_sweep(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows the dissociation plot draws against bits: per-channel RTN and the reference
+    (every row of a result saved before rows had a format)."""
+    keep = table["format"].isna() | table["format"].eq("dense") | (
+        table["format"].eq("rtn") & table["group_size"].isna())
+    return table[keep]
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -163,10 +172,15 @@ class SurvivalResult:
         return (focus, others[-1]) if others else None
 
     def figures(self) -> dict[str, go.Figure]:
-        """The six figures: taxonomy, dissociation, scatter, deciles, ROC, quartiles (those that
-        have data: ROC and quartiles need a fragility report, the scatter two conditions)."""
+        """The figures: taxonomy, dissociation, survival against bits per weight (when the
+        conditions span formats), scatter, deciles, ROC, quartiles (those that have data: ROC
+        and quartiles need a fragility report, the scatter two conditions)."""
         table = self.to_frame()
-        figs = {"taxonomy": plot_taxonomy(table), "dissociation": plot_dissociation(table)}
+        figs = {"taxonomy": plot_taxonomy(table),
+                "dissociation": plot_dissociation(_bit_sweep(table))}
+        sized = table[table["bits_per_weight"].notna() & table["format"].ne("dense")]
+        if sized["format"].nunique() >= 2:  # formats to compare at equal size
+            figs["bits_per_weight"] = plot_survival_vs_bits(table)
         pair = self._scatter_pair()
         if pair is not None:
             figs["feature_scatter"] = plot_feature_scatter(

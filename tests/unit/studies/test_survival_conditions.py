@@ -95,6 +95,12 @@ def test_every_row_records_its_format_and_bits_per_weight(model, sae, tokens, tm
     assert rows["matched:int4"].format == "magnitude"
     assert "int4" not in rows and result.overlaps == ()  # the target only sets the search
 
+    fig = result.figures()["bits_per_weight"]  # one marker per condition, one colour a format
+    drawn = {
+        (name, x) for t in fig.data if t.xaxis == "x" for name, x in zip(t.text, t.x, strict=True)
+    }
+    assert drawn == {(c.name, c.bits_per_weight) for c in result.conditions}
+    assert {t.name for t in fig.data} == {c.format for c in result.conditions}
     out = result.save(tmp_path / "run")
     saved = json.loads((out / "results.json").read_text())["conditions"]
     assert [r["bits_per_weight"] for r in saved] == [rows[r["name"]].bits_per_weight for r in saved]
