@@ -176,7 +176,7 @@ def calibrated(plan: Plan, model: HookedTransformer, tokens: Tensor | None, *,
             if tokens is None:
                 raise CgcLensError(f"{type(op).__name__} needs calibration tokens: set "
                                    "calibration_tokens > 0.")
-            op = op.calibrate(model, tokens, step.targets or op.default_targets(),  # type: ignore[attr-defined]
+            op = op.calibrate(model, tokens, step.targets,  # type: ignore[attr-defined]
                               batch_size=batch_size)
         steps.append(dataclasses.replace(step, operator=op))
     return Plan(tuple(steps))

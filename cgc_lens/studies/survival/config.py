@@ -30,8 +30,8 @@ from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, re
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
 
 __all__ = [
-    "CONFIG_DIR", "MATCH_AUTO", "NULL_NAME", "PlanCondition", "SurvivalConfig", "parse_compare",
-    "rtn_name",
+    "CONFIG_DIR", "DEFAULT_BITS", "MATCH_AUTO", "NULL_NAME", "PlanCondition", "SurvivalConfig",
+    "parse_compare", "rtn_name",
 ]
 
 """Where the packaged reproduction configs live (``survival_pythia70m.json`` ...)."""
@@ -42,6 +42,17 @@ NULL_NAME = "reference"
 
 MATCH_AUTO = "auto"
 """``match_pruning``'s default: match the RTN condition at 6 bits, else the lowest asked for."""
+
+
+DEFAULT_BITS = (8, 7, 6, 5, 4)
+"""The RTN bit-widths of a config that asks for no conditions (the paper's sweep)."""
+
+
+class _DefaultBits(tuple):
+    """``DEFAULT_BITS`` as filled in for an unset ``bits``: equal to the plain tuple, but known
+    as the default, so that a copy given ``conditions`` drops them."""
+
+    __slots__ = ()
 
 
 def rtn_name(bits: int) -> str:
@@ -216,8 +227,10 @@ class SurvivalConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
-        if self.bits is None:
-            object.__setattr__(self, "bits", () if self.conditions else (8, 7, 6, 5, 4))
+        if self.bits is None or (isinstance(self.bits, _DefaultBits) and self.conditions):
+            # bits left at the default give way to conditions, also when a copy of a default
+            # config (the command line's base) carries them over
+            object.__setattr__(self, "bits", () if self.conditions else _DefaultBits(DEFAULT_BITS))
         for name in ("bits", "conditions", "budget_fractions", "subset_seeds", "compare"):
             value = getattr(self, name)
             if isinstance(value, list):
