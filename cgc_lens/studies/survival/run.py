@@ -165,8 +165,7 @@ def run_survival(
     tokens: Int[Tensor, "n_blocks block_len"] | TokenBlocks | None = None,
     eval_tokens: Int[Tensor, "n_eval block_len_eval"] | TokenBlocks | None = None,
     match_tokens: Int[Tensor, "n_match block_len_match"] | TokenBlocks | None = None,
-    calibration_tokens: Int[Tensor, "n_calibration block_len_calibration"] | TokenBlocks | None
-    = None,
+    calibration_tokens: Int[Tensor, "n_cal block_len_cal"] | TokenBlocks | None = None,
 ) -> SurvivalResult:
     """Run the feature-survival audit described by ``config`` (see the module docstring).
 
@@ -180,8 +179,7 @@ def run_survival(
         tokens: feature tokens instead of drawing ``config.tokens`` from ``config.corpus``.
         eval_tokens: perplexity tokens instead of drawing ``config.eval_tokens``.
         match_tokens: held-out tokens of the matched search instead of ``config.match_tokens``.
-        calibration_tokens: calibration tokens of GPTQ, AWQ and Wanda conditions instead of
-            ``config.calibration_tokens``.
+        calibration_tokens: GPTQ / AWQ / Wanda calibration tokens instead of drawing them.
 
     Example:
         >>> result = run_survival(SurvivalConfig(tokens=4096, bits=(8, 4)))  # doctest: +SKIP
@@ -192,9 +190,7 @@ def run_survival(
     if model is None:
         check_device(config.device)
         model = load_model(config.model, device=config.device, dtype=config.dtype)
-    check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
-    check_condition_shapes(config, model)  # a group size not dividing a weight, up front
-    compared = compared_conditions(config.compare, model)  # refused here, before any pass
+    compared = _checked(config, model)
     targets = _targets(config, model, sae, second_sae)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
                                        "match": match_tokens, "calibration": calibration_tokens})
@@ -220,6 +216,14 @@ def run_survival(
     _release_compared(compared, info)
     log.info("survival audit done in %.1f s: %r", info["seconds"]["total"], result)
     return result
+
+
+def _checked(config: SurvivalConfig, model: HookedTransformer) -> list[Condition]:
+    """Refuse before any pass: non-finite reference weights, a group size that does not divide
+    a weight it edits, a compared checkpoint that does not fit; the compared conditions."""
+    check_finite_weights(model, what=f"the reference model {model.cfg.model_name!r}")
+    check_condition_shapes(config, model)
+    return compared_conditions(config.compare, model)
 
 
 def _with_compared(conds: list[Condition], compared: list[Condition],
