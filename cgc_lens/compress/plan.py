@@ -128,14 +128,15 @@ class Plan:
         self, model: HookedTransformer, tokens: Int[Tensor, "batch pos"], *, batch_size: int = 8
     ) -> Plan:
         """Calibrate every uncalibrated :class:`WandaPrune` (and Wanda-scored
-        :class:`SemiStructured`) step on ``tokens`` (model as is)."""
+        :class:`SemiStructured`) step on ``tokens`` (model as is), and bind every operator
+        whose ``needs_calibration`` holds (GPTQ, AWQ) to ``model`` and ``tokens``."""
         steps = []
         for step in self.steps:
             op = step.operator
             wanda = isinstance(op, WandaPrune) or (
                 isinstance(op, SemiStructured) and op.score == "wanda"
             )
-            if wanda and op.input_norms is None:
+            if (wanda and op.input_norms is None) or getattr(op, "needs_calibration", False):
                 targets = step.targets or op.default_targets()
                 op = op.calibrate(model, tokens, targets, batch_size=batch_size)
             steps.append(replace(step, operator=op))

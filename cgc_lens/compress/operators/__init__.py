@@ -3,6 +3,7 @@
 Importing this package registers every operator below.
 """
 
+from cgc_lens.compress.operators.awq import AWQ, awq_quantize, awq_scales, output_error
 from cgc_lens.compress.operators.base import (
     PHASES,
     EditStats,
@@ -21,6 +22,7 @@ from cgc_lens.compress.operators.bits import (
     semi_structured_bits_per_weight,
 )
 from cgc_lens.compress.operators.fp8 import FP8, fp8_quantize
+from cgc_lens.compress.operators.gptq import GPTQ, gptq_quantize, inverse_hessian_factor
 from cgc_lens.compress.operators.grid import (
     GroupQParams,
     check_group_size,
@@ -31,6 +33,12 @@ from cgc_lens.compress.operators.grid import (
     valid_group_sizes,
 )
 from cgc_lens.compress.operators.head_prune import HeadPrune, head_prune_
+from cgc_lens.compress.operators.hessian import (
+    Calibration,
+    InputMoments,
+    collect_layer_inputs,
+    edit_layer_by_layer,
+)
 from cgc_lens.compress.operators.low_rank import LowRank, low_rank_
 from cgc_lens.compress.operators.magnitude import (
     MagnitudePrune,
@@ -55,14 +63,18 @@ from cgc_lens.compress.operators.sparsity import check_fraction, measured_sparsi
 from cgc_lens.compress.operators.wanda import WandaPrune, wanda_prune_, wanda_scores
 
 __all__ = [
+    "AWQ",
     "FP8",
+    "GPTQ",
     "NF4",
     "NF4_CODE",
     "PHASES",
     "RTN",
+    "Calibration",
     "EditStats",
     "GroupQParams",
     "HeadPrune",
+    "InputMoments",
     "LowRank",
     "MagnitudePrune",
     "Operator",
@@ -70,14 +82,20 @@ __all__ = [
     "QParams",
     "SemiStructured",
     "WandaPrune",
+    "awq_quantize",
+    "awq_scales",
     "check_fraction",
     "check_group_size",
+    "collect_layer_inputs",
+    "edit_layer_by_layer",
     "fake_quantize",
     "fp8_bits_per_weight",
     "fp8_quantize",
+    "gptq_quantize",
     "grid_range",
     "group_qparams",
     "head_prune_",
+    "inverse_hessian_factor",
     "low_rank_",
     "magnitude_prune_",
     "magnitude_prune_global_",
@@ -89,6 +107,7 @@ __all__ = [
     "nf4_quantize_blocks",
     "operator_class",
     "operator_from_dict",
+    "output_error",
     "quantize_groups",
     "register_operator",
     "registered_operators",

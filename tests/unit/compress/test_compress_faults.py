@@ -42,7 +42,9 @@ from cgc_lens.compress import (
 )
 from cgc_lens.compress.context import _ACTIVE
 from cgc_lens.compress.operators import (
+    AWQ,
     FP8,
+    GPTQ,
     NF4,
     SemiStructured,
     base,
@@ -85,6 +87,10 @@ def norms(model) -> InputNorms:
                        for site, shape in shapes.items()}, n_tokens=16)
 
 
+def calib(model) -> torch.Tensor:
+    return torch.randint(0, model.cfg.d_vocab, (2, 8), generator=torch.Generator().manual_seed(0))
+
+
 def plans(model) -> dict[str, Plan]:
     """One plan per operator (several for RTN's paths), and a composed one over head slices."""
     return {
@@ -99,6 +105,11 @@ def plans(model) -> dict[str, Plan]:
         "nf4": Plan.of(NF4(32, double_quant=True)),
         "fp8": Plan.of(FP8("e5m2", scale="tensor")),
         "semi_structured": Plan.of(SemiStructured(2, 4, score="wanda", input_norms=norms(model))),
+        # one weight each: every grid call of their column loop / alpha search is a fault site
+        "gptq": Plan.of((Targets(names="W_O", layers=0),
+                         GPTQ(3, group_size=8, act_order=True).calibrate(model, calib(model)))),
+        "awq": Plan.of((Targets(names="W_in", layers=0),
+                        AWQ(3, group_size=16, n_grid=4).calibrate(model, calib(model)))),
         "composed": Plan.compose(RTN(5), (Targets(heads=[Head(0, 0)]), MagnitudePrune(0.5)),
                                  (Targets(names="W_out"), LowRank(0.25))),
     }
