@@ -14,13 +14,21 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-__all__ = ["progress_bar", "progress_enabled", "quiet", "set_progress"]
+__all__ = [
+    "Stages",
+    "progress_bar",
+    "progress_enabled",
+    "progress_scope",
+    "quiet",
+    "set_progress",
+]
 
 _state = {
     "enabled": os.environ.get("CGC_LENS_PROGRESS", "1").strip().lower()
@@ -62,6 +70,26 @@ def quiet() -> Iterator[None]:
         _state["enabled"] = before
 
 
+@contextmanager
+def progress_scope(enabled: bool = True) -> Iterator[None]:
+    """A block (a command's run) with bars on or off.
+
+    On: records of the root logger's console handlers print above the bars (``tqdm.write``)
+    rather than through the bar being drawn. Off: :func:`quiet`.
+
+    Example:
+        >>> with progress_scope(False):
+        ...     progress_enabled()
+        False
+    """
+    if not enabled:
+        with quiet():
+            yield
+        return
+    with logging_redirect_tqdm(tqdm_class=tqdm):
+        yield
+
+
 def progress_bar(
     iterable: Iterable[Any] | None = None,
     *,
@@ -94,3 +122,50 @@ def progress_bar(
         disable=not progress_enabled(enabled),
         **kwargs,
     )
+
+
+class Stages:
+    """A bar over a study's named stages whose description names the stage running.
+
+    The bar opens on the first stage; :meth:`next` ends the running stage and names the next
+    one; the bar closes after the last (or on :meth:`close`). Steps with a loop of their own
+    show their own bar beneath it; a step without one (reading a corpus, a closed form) is
+    still named while it runs.
+
+    Example:
+        >>> stages = Stages(("load", "train", "evaluate"), desc="study", enabled=False)
+        >>> stages.running
+        'load'
+        >>> stages.next(); stages.running
+        'train'
+        >>> stages.next(); stages.next(); stages.running is None
+        True
+    """
+
+    def __init__(self, names: Sequence[str], *, desc: str, enabled: bool = True) -> None:
+        """Open the bar on ``names[0]``; ``desc`` prefixes every description (``"desc: name"``)."""
+        self.names, self.desc, self.done = tuple(names), desc, 0
+        self.bar = progress_bar(
+            total=len(self.names), desc=self._label(), enabled=enabled, unit="stage"
+        )
+
+    @property
+    def running(self) -> str | None:
+        """The stage running now (None once all are done)."""
+        return self.names[self.done] if self.done < len(self.names) else None
+
+    def _label(self) -> str:
+        return f"{self.desc}: {self.running}" if self.running else self.desc
+
+    def next(self) -> None:
+        """End the running stage and name the next (close the bar after the last)."""
+        self.done += 1
+        self.bar.update(1)
+        if self.running is None:
+            self.bar.close()
+        else:
+            self.bar.set_description(self._label())
+
+    def close(self) -> None:
+        """Close the bar (also when a stage failed)."""
+        self.bar.close()
