@@ -22,13 +22,13 @@ import torch
 from einops import rearrange
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.adaptive.compressor import AdaptiveCompressor, n_retained
 from cgc_lens.adaptive.history import TrainHistory, Window, batch_stats, check_finite
 from cgc_lens.adaptive.objective import Contrastive, LossTerms, compressor_loss, retention
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.streaming import run_sites
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.per_head import BatchedTopKSAE
 
 # topk_loss: our SAE trainer's TopK + AuxK loss (train_batched itself needs all activations stored).
@@ -237,8 +237,7 @@ class _Run:
                                         device=device) if baseline else None)
         self.hist = TrainHistory(steps=0, tokens=0, seconds=0.0, config=asdict(cfg))
         self.window, self.t0 = Window(), time.perf_counter()
-        self.bar = tqdm(total=cfg.steps, desc="train compressors", disable=not progress,
-                        leave=False)
+        self.bar = progress_bar(total=cfg.steps, desc="train compressors", enabled=progress)
         batch_tokens = min(cfg.batch_size, tokens.shape[0]) * tokens.shape[1]
         # Gao et al.: dead after 10M tokens without firing; a short run uses a quarter of it.
         self.dead_after = max(batch_tokens, min(10_000_000, cfg.steps * batch_tokens // 4))

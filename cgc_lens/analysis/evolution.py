@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 from jaxtyping import Float
-from tqdm.auto import tqdm
 
 from cgc_lens.analysis.allocation import Allocation
 from cgc_lens.errors import CgcLensError
+from cgc_lens.progress import progress_bar
 from cgc_lens.sites import Head
 
 __all__ = [
@@ -295,7 +295,7 @@ def cgc_f(
     rng = np.random.default_rng(cfg.seed)
     parent_fit = evaluate(parent, cfg.tokens_per_stage[-1])
     history = [parent_fit]
-    bar = tqdm(range(cfg.generations), desc="CGC-F", disable=not cfg.progress, leave=False)
+    bar = progress_bar(range(cfg.generations), desc="CGC-F", enabled=cfg.progress)
     for _ in bar:
         cands, fits = _select(_offspring(parent, kmin, kmax, rng, cfg), parent, evaluate, cfg)
         if cands:

@@ -22,7 +22,6 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.head_edits import (
@@ -34,6 +33,7 @@ from cgc_lens.forward.head_edits import (
 )
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches, run_sites
+from cgc_lens.progress import progress_bar
 from cgc_lens.sites import Head, hook_name
 
 if TYPE_CHECKING:
@@ -211,8 +211,8 @@ def _sweep_naive(
     nll, kl = np.zeros(len(edits)), np.zeros(len(edits))
     dense_nll, n_scored, n_pos = 0.0, 0, 0
     batches, n_batches = iter_batches(tokens, batch_size)
-    bar = tqdm(total=(n_batches or 0) * len(edits), desc="naive ablation", disable=not progress,
-               leave=False)
+    bar = progress_bar(total=(n_batches or 0) * len(edits), desc="naive ablation",
+                       enabled=progress)
     for rows in batches:
         batch = rows.to(device)
         ref_logp = log_probs(model(batch, return_type="logits"))

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from einops import einsum, rearrange
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import check_token_ids, log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches
+from cgc_lens.progress import progress_bar
 from cgc_lens.sites import Head, hook_name
 
 if TYPE_CHECKING:
@@ -177,8 +177,7 @@ def sweep_edits(
 
     hooks = [(hook_name(kind, layer=ell), keep) for ell in by_layer for kind in ("z", start)]
     batches, n_batches = iter_batches(tokens, batch_size)
-    bar = tqdm(total=(n_batches or 0) * len(by_layer), desc=desc, disable=not progress,
-               leave=False)
+    bar = progress_bar(total=(n_batches or 0) * len(by_layer), desc=desc, enabled=progress)
     for rows in batches:
         batch = rows.to(model.cfg.device)
         with model.hooks(fwd_hooks=hooks):

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.data import TokenBlocks, Window, sliding_windows
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.logits import final_residual, log_probs, unembed_nll
+from cgc_lens.progress import progress_bar
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -284,7 +284,7 @@ def _scored_nll(
     nll_sum, n_tokens = torch.zeros((), dtype=torch.float64), 0
     with torch.inference_mode():
         w_t = model.unembed.W_U.T.contiguous()  # what every Unembed.forward makes, made once
-        for batch in tqdm(batches, desc="perplexity", disable=not progress):
+        for batch in progress_bar(batches, desc="perplexity", enabled=progress, leave=True):
             inputs = torch.stack([rows[r, b:e] for r, b, e, _ in batch])
             if bos is not None:
                 inputs = torch.cat([torch.full_like(inputs[:, :1], bos), inputs], dim=1)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.compress.context import compressed
 from cgc_lens.compress.operators import HeadPrune, check_fraction, head_prune_
@@ -31,6 +30,7 @@ from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.head_edits import EditSums, HeadEdit, check_blocks, select_heads, sweep_edits
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches
+from cgc_lens.progress import progress_bar
 from cgc_lens.sites import Head
 
 if TYPE_CHECKING:
@@ -231,11 +231,10 @@ def _sweep_naive(
     nll, kl = np.zeros(len(edits)), np.zeros(len(edits))
     dense_nll, n_scored, n_pos = 0.0, 0, 0
     batches, n_batches = iter_batches(tokens, batch_size)
-    bar = tqdm(
+    bar = progress_bar(
         total=(n_batches or 0) * len(edits),
         desc="naive prune sweep",
-        disable=not progress,
-        leave=False,
+        enabled=progress,
     )
     for rows in batches:
         batch = rows.to(model.cfg.device)

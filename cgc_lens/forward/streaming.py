@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 import torch
 from jaxtyping import Shaped
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.progress import progress_bar
 from cgc_lens.sites import Site, layer_of, validate_hook
 
 if TYPE_CHECKING:
@@ -205,8 +205,8 @@ def run_sites(
     readings: dict[str, Tensor] = {}
     batches, n_batches = iter_batches(tokens, batch_size)
     n_done = 0
-    with model.hooks(fwd_hooks=_reading_hooks(by_hook, readings)), tqdm(
-        total=n_batches, desc=desc, disable=not progress, leave=False
+    with model.hooks(fwd_hooks=_reading_hooks(by_hook, readings)), progress_bar(
+        total=n_batches, desc=desc, enabled=progress
     ) as bar:
         for i, batch in enumerate(batches):
             _read(model, batch, stop, readings, keys)

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from jaxtyping import Shaped
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.streaming import iter_batches, stop_layer
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.per_head import BatchedTopKSAE, _as_slice
 from cgc_lens.sites import Site, validate_hook
 
@@ -288,8 +288,8 @@ def run_features(
         stop = stop_layer(model, [t.hook for t in reading.targets])
         batches, n_batches = iter_batches(tokens, batch_size)
         count = 0
-        for i, batch in enumerate(tqdm(batches, total=n_batches, disable=not progress,
-                                       desc="SAE features", leave=False)):
+        for i, batch in enumerate(progress_bar(batches, total=n_batches, enabled=progress,
+                                               desc="SAE features")):
             reading.features.clear()
             reading.topk.clear()
             model(batch.to(model.cfg.device), stop_at_layer=stop, return_type=None)

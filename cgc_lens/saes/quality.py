@@ -23,10 +23,10 @@ import torch
 from einops import rearrange
 from jaxtyping import Shaped
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.forward.metrics import kl_divergence, token_nll
 from cgc_lens.forward.streaming import iter_batches, stop_layer
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.attach import SAETarget, attached, targets_for
 
 if TYPE_CHECKING:
@@ -169,8 +169,8 @@ def evaluate_saes(
     sums = dict.fromkeys(("kl", "kl0", "ce", "ce_s", "ce_0", "n_kl", "n_ce"), 0.0)
     stop = None if splice else stop_layer(model, [t.hook for t in targets])
     batches, n_batches = iter_batches(tokens, batch_size)
-    for cpu_batch in tqdm(batches, total=n_batches, disable=not progress, desc="SAE quality",
-                          leave=False):
+    for cpu_batch in progress_bar(batches, total=n_batches, enabled=progress,
+                                  desc="SAE quality"):
         batch = cpu_batch.to(model.cfg.device)
         with attached(model, targets, keep_inputs=True) as reading:
             clean = model(batch, stop_at_layer=stop, return_type="logits" if splice else None)

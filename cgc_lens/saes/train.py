@@ -19,10 +19,10 @@ import torch
 from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.streaming import run_sites
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
 from cgc_lens.saes.sparse_step import SparseTopKLoss, sparse_topk_loss
 from cgc_lens.sites import Site
@@ -226,7 +226,7 @@ def train_batched(
     total = total if cfg.max_steps is None else min(total, cfg.max_steps)
     result = TrainResult(steps=0, tokens=0, seconds=0.0, config=asdict(cfg))
     running, t0 = 0.0, time.perf_counter()
-    bar = tqdm(total=total, desc="train SAEs", disable=not progress, leave=False)
+    bar = progress_bar(total=total, desc="train SAEs", enabled=progress)
     while result.steps < total:
         perm = torch.randperm(n_tokens, generator=gen)
         for batch_idx in perm.split(cfg.batch_size):
