@@ -23,6 +23,7 @@ from torch import Tensor
 from cgc_lens.adaptive.compressor import AdaptiveCompressor
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.streaming import run_sites
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.saes.quality import SAEQuality, evaluate_saes
@@ -70,7 +71,8 @@ def evaluate_methods(
     ``explained_variance_without_latents`` and ``latent_contribution`` (module docstring)."""
     rows = []
     kw = {"batch_size": batch_size, "progress": progress}
-    for i, site in enumerate(compressor.sites):
+    bar = progress_bar(compressor.sites, desc="evaluate sites", enabled=progress, unit="site")
+    for i, site in enumerate(bar):
         target = compressor.as_target(i)
         methods: list[tuple[str, Any, Any]] = [("adaptive", target, target.sae)]
         if baseline is not None:

@@ -24,6 +24,7 @@ from transformer_lens import HookedTransformer
 from cgc_lens.data.synth import synthetic_documents
 from cgc_lens.errors import CgcLensError, unknown_name
 from cgc_lens.forward.metrics import token_nll
+from cgc_lens.progress import progress_bar
 
 __all__ = [
     "InductionProbe",
@@ -184,10 +185,27 @@ def get_probe(name: str) -> Probe:
     return _REGISTRY[name]()
 
 
-def run_probes(model: HookedTransformer, names: list[str] | tuple[str, ...]) -> dict[str, float]:
-    """Run probes and flatten their results to ``{"probe.metric": value}``."""
+def run_probes(
+    model: HookedTransformer,
+    names: list[str] | tuple[str, ...],
+    *,
+    progress: bool = True,
+    desc: str = "probes",
+) -> dict[str, float]:
+    """Run probes and flatten their results to ``{"probe.metric": value}``.
+
+    Args:
+        model: the model to probe (as it is now: compressed or not).
+        names: registered probe names (:func:`probe_names`), run in this order.
+        progress: show a bar over the probes (:func:`cgc_lens.progress.progress_bar`) whose
+            description names the probe running (``"{desc}: {name}"``).
+        desc: what the bar's description starts with (e.g. the allocation probed).
+    """
     out: dict[str, float] = {}
-    for name in names:
-        for key, value in get_probe(name)(model).items():
-            out[f"{name}.{key}"] = float(value)
+    with progress_bar(total=len(names), desc=desc, enabled=progress, unit="probe") as bar:
+        for name in names:
+            bar.set_description(f"{desc}: {name}")
+            for key, value in get_probe(name)(model).items():
+                out[f"{name}.{key}"] = float(value)
+            bar.update(1)
     return out

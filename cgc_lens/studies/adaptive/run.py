@@ -23,6 +23,7 @@ from cgc_lens.adaptive.evaluate import evaluate_methods
 from cgc_lens.adaptive.train import train_compressors
 from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.errors import CgcLensError
+from cgc_lens.progress import Stages
 from cgc_lens.saes.per_head import BatchedSAEConfig, BatchedTopKSAE
 from cgc_lens.saes.quality import SAEQuality
 from cgc_lens.sites import Site
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 __all__ = ["run_adaptive"]
 
 log = logging.getLogger(__name__)
+
+_STAGES = ("load model", "read tokens", "train compressors", "evaluate quality", "probing")
+"""The steps of :func:`run_adaptive` its stage bar names while each runs."""
 
 
 def _sites(cfg: AdaptiveStudyConfig, model: HookedTransformer) -> list[Site]:
@@ -76,6 +80,7 @@ def run_adaptive(
     defaults to ``AdaptiveStudyConfig()`` (cgc-tiny).
     """
     cfg = AdaptiveStudyConfig() if cfg is None else cfg
+    stages = Stages(_STAGES, desc="adaptive", enabled=cfg.progress)
     if model is None:
         from cgc_lens.models import load_model
 
@@ -84,10 +89,12 @@ def run_adaptive(
     check_finite_weights(model, what=f"the model {model.cfg.model_name!r}")
     device = next(model.parameters()).device
     sites = _sites(cfg, model)
+    stages.next()
     data = data or study_data(
         model, corpus=cfg.corpus, block_len=cfg.block_len, eval_blocks=cfg.eval_blocks,
         probe_blocks=cfg.probe_blocks, probe_datasets=cfg.probe_datasets,
         probe_documents=cfg.probe_documents, seed=cfg.train.seed)
+    stages.next()
     d_in = model.cfg.d_model
     compressor = AdaptiveCompressor(sites, d_in, cfg.compressor, model_name=model.cfg.model_name,
                                     seed=cfg.train.seed).to(device)
@@ -99,18 +106,22 @@ def run_adaptive(
             model_name=model.cfg.model_name), seed=cfg.train.seed).to(device)
     hist = train_compressors(model, data.train, compressor, cfg.train, baseline=baseline,
                              progress=cfg.progress)
+    stages.next()
     history = hist.to_frame()
     bs, progress = cfg.model_batch_size, cfg.progress
     metrics = pd.DataFrame(evaluate_methods(model, data.eval, compressor, baseline,
                                             batch_size=bs, progress=progress))
     diagnostics = _diagnostics(cfg, metrics, history)
+    stages.next()
     tables, skipped = [], []
     for name, (train, test) in data.probes.items():
+        stages.bar.set_description(f"adaptive: probing {name}")
         table, why = probe_pass(model, train, test, compressor=compressor, baseline=baseline,
                                 cfg=cfg, dataset=name)
         tables.append(table)
         skipped += why
     probing = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    stages.next()
     return AdaptiveResult(
         config=cfg, metrics=metrics, probing=probing, diagnostics=diagnostics, history=history,
         training={"steps": hist.steps, "tokens": hist.tokens, "seconds": hist.seconds,

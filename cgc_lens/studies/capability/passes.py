@@ -28,7 +28,6 @@ import torch
 from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from cgc_lens.analysis.accumulators import PearsonAccumulator
@@ -46,6 +45,7 @@ from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.probes import run_probes
 from cgc_lens.forward.streaming import iter_batches, run_sites
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.per_head import BatchedTopKSAE
 from cgc_lens.sites import Head, hook_name
 
@@ -386,8 +386,8 @@ def evaluate_allocations(
     n_scored = n_pos = 0
     batches, n_batches = iter_batches(tokens, batch_size)
     device = model.cfg.device
-    for rows in tqdm(batches, total=n_batches, desc="evaluate allocations", disable=not progress,
-                     leave=False):
+    for rows in progress_bar(batches, total=n_batches, desc="evaluate allocations",
+                             enabled=progress):
         batch = rows.to(device)
         ref = log_probs(model(batch, return_type="logits"))
         ref_p = ref.exp()
@@ -404,7 +404,8 @@ def evaluate_allocations(
         results: dict[str, float] = {}
         if probes:
             with compressed(model, HeadPrune(dict(allocations[name]))):
-                results = run_probes(model, list(probes))
+                results = run_probes(model, list(probes), progress=progress,
+                                     desc=f"probes {name}")
         out[name] = {"ppl": math.exp(nll[name] / n_scored), "kl": kl[name] / n_pos,
                      "probes": results}
     return out

@@ -34,6 +34,7 @@ from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.ablation import head_ablation
 from cgc_lens.models import load_model
+from cgc_lens.progress import Stages
 from cgc_lens.studies.capability.config import CapabilityConfig
 from cgc_lens.studies.capability.passes import (
     block_labels,
@@ -53,17 +54,32 @@ __all__ = ["run_capability"]
 logger = logging.getLogger(__name__)
 
 
-class _Laps:
-    """Seconds per step, rounded to ms: ``lap(name)`` closes the step that ends now."""
+_STAGES = {
+    "load": "load model and tokens",
+    "saes": "per-head SAEs",
+    "calibration": "calibration pass, density, Wanda",
+    "ablation": "head ablation",
+    "theorem1": "Theorem 1 prune sweep",
+    "cgc_f": "allocations, CGC-F",
+    "evaluate": "evaluate allocations, probes",
+}
+"""The steps ``run_capability`` laps, in order, and what its stage bar says while each runs."""
 
-    def __init__(self) -> None:
+
+class _Laps:
+    """Seconds per step, rounded to ms: ``lap(name)`` closes the step that ends now. A bar over
+    the steps (``progress``) names the step running."""
+
+    def __init__(self, progress: bool = False) -> None:
         self.timings: dict[str, float] = {}
         self._clock = time.perf_counter()
+        self.stages = Stages(tuple(_STAGES.values()), desc="capability", enabled=progress)
 
     def __call__(self, name: str) -> None:
         now = time.perf_counter()
         self.timings[name] = round(now - self._clock, 3)
         self._clock = now
+        self.stages.next()
 
 
 def _token_sets(config: CapabilityConfig, model: HookedTransformer,
@@ -130,7 +146,7 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
     if unknown:
         raise CgcLensError(f"Unknown inputs {sorted(unknown)}; valid: calibration, evaluation, "
                            "model, sae.")
-    t0, lap = time.perf_counter(), _Laps()
+    t0, lap = time.perf_counter(), _Laps(progress=config.progress)
     model = inputs.get("model")
     if model is None:
         check_device(config.device)

@@ -40,18 +40,19 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator
 from cgc_lens.compress import Plan
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.streaming import stop_layer
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.sparse_encoder import SparseCodes, SparseEncoder
 from cgc_lens.studies.survival.codes import reference_accumulator
 from cgc_lens.studies.survival.conditions import edited
 
 if TYPE_CHECKING:
+    from tqdm.auto import tqdm
     from transformer_lens import HookedTransformer
 
 __all__ = ["SweepSums", "stream_conditions"]
@@ -186,8 +187,8 @@ def stream_conditions(
     sums = SweepSums(keys=tuple(t.key for t in targets), conditions=names,
                      n_tokens=[0] * n_shards)
     t0 = time.perf_counter()
-    bar = tqdm(total=len(batches) * (1 + len(conditions)), desc="survival sweep", leave=False,
-               disable=not progress)
+    bar = progress_bar(total=len(batches) * (1 + len(conditions)), desc="survival: reference",
+                       enabled=progress)
     sweep = _Sweep(model=model, batches=batches, shard_of=shard_of, stop=stop, bos=bos,
                    reader=_Reader(targets, bos is not None), sums=sums, bar=bar,
                    threshold=fire_threshold)
@@ -228,6 +229,7 @@ class _Sweep:
         least one batch); add the reference sums. Returns the cached codes and the next batch."""
         cache: list[tuple[int, dict[str, SparseCodes]]] = []
         held = 0
+        self.bar.set_description("survival: reference")
         while i < len(self.batches) and (not cache or held < cache_bytes):
             sparse = self.reader.read(self.model, self.batches[i], self.stop, self.bos)
             _add_reference(self.sums, self.shard_of[i], sparse, n_conditions=n_conditions,
@@ -243,7 +245,8 @@ class _Sweep:
     def conditions_over(self, cache: list[tuple[int, dict[str, SparseCodes]]],
                         conditions: Sequence[tuple[str, Plan | Any | None]]) -> None:
         """Each condition, weights edited once, over the cached batches: add its sums."""
-        for c, (_, plan) in enumerate(conditions):
+        for c, (name, plan) in enumerate(conditions):
+            self.bar.set_description(f"survival: {name}")
             with edited(self.model, plan):
                 for j, ref_codes in cache:
                     codes = self.reader.read(self.model, self.batches[j], self.stop, self.bos)
