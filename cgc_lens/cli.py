@@ -12,7 +12,6 @@ Commands:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib
 import json
@@ -304,13 +303,12 @@ def run_study(name: str, args: argparse.Namespace) -> int:
     the result there whole, print its table. ``--quiet`` (``--no-progress``) turns off every
     progress bar of the run."""
     from cgc_lens.io import check_out_dir, folder_lock
-    from cgc_lens.progress import quiet
+    from cgc_lens.progress import progress_scope
 
     cmd, overwrite = STUDIES[name], getattr(args, "overwrite", False)
     check_out_dir(args.out, overwrite=overwrite)
     config = study_config(name, args)
-    with folder_lock(args.out), (quiet() if getattr(args, "progress", True) is False
-                                 else contextlib.nullcontext()):
+    with folder_lock(args.out), progress_scope(getattr(args, "progress", True) is not False):
         result = cmd.run(config)
         out = result.save(args.out, overwrite=overwrite)
     cmd.report(result, out)
