@@ -59,35 +59,66 @@ def _library_switch_on():
 
 def _blocks(n: int, seed: int, cats=("prose", "code", "maths")) -> TokenBlocks:
     tokens = torch.randint(0, 61, (n, 32), generator=torch.Generator().manual_seed(seed))
-    return TokenBlocks(tokens=tokens, categories=tuple(cats[i % len(cats)] for i in range(n)),
-                       starts=torch.arange(n) * 32, source="random", split="x", seed=seed,
-                       stream_len=n * 32)
+    return TokenBlocks(
+        tokens=tokens,
+        categories=tuple(cats[i % len(cats)] for i in range(n)),
+        starts=torch.arange(n) * 32,
+        source="random",
+        split="x",
+        seed=seed,
+        stream_len=n * 32,
+    )
 
 
 CAPABILITY = CapabilityConfig(
-    model="random-tiny", saes="train", d_sae=32, k=4, sae_max_steps=5, sae_batch_size=64,
+    model="random-tiny",
+    saes="train",
+    d_sae=32,
+    k=4,
+    sae_max_steps=5,
+    sae_batch_size=64,
     density=DensityConfig(n_pairs=200),
-    evo=EvoConfig(generations=2, offspring=4, survivors_per_stage=(2, 1),
-                  tokens_per_stage=(64, 192)),
-    probes=("induction",), survival_retentions=(0.75, 0.5), survival_tokens=256,
-    bootstrap_resamples=99)
+    evo=EvoConfig(
+        generations=2, offspring=4, survivors_per_stage=(2, 1), tokens_per_stage=(64, 192)
+    ),
+    probes=("induction",),
+    survival_retentions=(0.75, 0.5),
+    survival_tokens=256,
+    bootstrap_resamples=99,
+)
 
 
 def _capability(config: CapabilityConfig):
-    return run_capability(config, model=make_tiny_model(), calibration=_blocks(24, 0),
-                          evaluation=_blocks(12, 1))
+    return run_capability(
+        config, model=make_tiny_model(), calibration=_blocks(24, 0), evaluation=_blocks(12, 1)
+    )
 
 
 def test_capability_run_shows_every_stage_and_probe_and_quiet_shows_none(capsys):
     capsys.readouterr()
     loud = _capability(CAPABILITY)
     seen = _descriptions(capsys.readouterr().err)
-    stages = {f"capability: {s}" for s in (
-        "load model and tokens", "per-head SAEs", "calibration pass, density, Wanda",
-        "head ablation", "Theorem 1 prune sweep", "allocations, CGC-F",
-        "evaluate allocations, probes")}
-    inner = {"read sites", "train SAEs", "calibration", "zero-ablation", "prune sweep", "CGC-F",
-             "evaluate allocations"}
+    stages = {
+        f"capability: {s}"
+        for s in (
+            "load model and tokens",
+            "per-head SAEs",
+            "calibration pass, density, Wanda",
+            "head ablation",
+            "Theorem 1 prune sweep",
+            "allocations, CGC-F",
+            "evaluate allocations, probes",
+        )
+    }
+    inner = {
+        "read sites",
+        "train SAEs",
+        "calibration",
+        "zero-ablation",
+        "prune sweep",
+        "CGC-F",
+        "evaluate allocations",
+    }
     probes = {f"probes {m}: induction" for m in METHODS}
     assert stages | inner | probes <= seen, sorted(stages | inner | probes - seen)
 
@@ -103,11 +134,23 @@ def test_capability_run_shows_every_stage_and_probe_and_quiet_shows_none(capsys)
 def _survival(**config):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 61, (16, 16), generator=gen)
-    sae = TopKSAE(TopKSAEConfig(d_in=32, d_sae=64, k=6,
-                                metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")))
-    cfg = SurvivalConfig(**{"batch_size": 4, "n_shards": 4, "active_rate": 0.0,
-                            "fragility_folds": 2, "match_pruning": None, "bits": (8, 4),
-                            "eval_tokens": 0, **config})
+    sae = TopKSAE(
+        TopKSAEConfig(
+            d_in=32, d_sae=64, k=6, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")
+        )
+    )
+    cfg = SurvivalConfig(
+        **{
+            "batch_size": 4,
+            "n_shards": 4,
+            "active_rate": 0.0,
+            "fragility_folds": 2,
+            "match_pruning": None,
+            "bits": (8, 4),
+            "eval_tokens": 0,
+            **config,
+        }
+    )
     return run_survival(cfg, model=make_tiny_model(), sae=sae, tokens=tokens)
 
 
@@ -135,17 +178,30 @@ def _labelled(n: int, seed: int) -> LabelledTokens:
 
 def test_adaptive_run_names_its_stages_and_quiet_shows_none(capsys):
     gen = torch.Generator().manual_seed(0)
-    data = StudyData(train=torch.randint(0, 61, (32, 16), generator=gen),
-                     eval=torch.randint(0, 61, (8, 16), generator=gen),
-                     probes={"toy": (_labelled(48, 1), _labelled(24, 2))})
-    cfg = AdaptiveStudyConfig(model="random-tiny", model_batch_size=8,
-                              train=AdaptiveTrainConfig(steps=4, batch_size=8, log_every=2))
+    data = StudyData(
+        train=torch.randint(0, 61, (32, 16), generator=gen),
+        eval=torch.randint(0, 61, (8, 16), generator=gen),
+        probes={"toy": (_labelled(48, 1), _labelled(24, 2))},
+    )
+    cfg = AdaptiveStudyConfig(
+        model="random-tiny",
+        model_batch_size=8,
+        train=AdaptiveTrainConfig(steps=4, batch_size=8, log_every=2),
+    )
     capsys.readouterr()
     loud = run_adaptive(cfg, model=make_tiny_model(), data=data)
     seen = _descriptions(capsys.readouterr().err)
-    want = {"adaptive: load model", "adaptive: read tokens", "adaptive: train compressors",
-            "adaptive: evaluate quality", "adaptive: probing toy", "train compressors",
-            "evaluate sites", "SAE quality", "pool features"}
+    want = {
+        "adaptive: load model",
+        "adaptive: read tokens",
+        "adaptive: train compressors",
+        "adaptive: evaluate quality",
+        "adaptive: probing toy",
+        "train compressors",
+        "evaluate sites",
+        "SAE quality",
+        "pool features",
+    }
     assert want <= seen, sorted(want - seen)
     with quiet():
         silent = run_adaptive(replace(cfg), model=make_tiny_model(), data=data)
@@ -180,12 +236,15 @@ def test_stages_name_the_running_stage_and_close_after_the_last(capsys):
 
 
 def test_environment_variable_turns_every_bar_off():
-    code = ("from cgc_lens.progress import progress_enabled, progress_bar; "
-            "print(progress_enabled(), progress_bar(desc='x').disable)")
+    code = (
+        "from cgc_lens.progress import progress_enabled, progress_bar; "
+        "print(progress_enabled(), progress_bar(desc='x').disable)"
+    )
     for value, expected in (("0", "False True"), ("off", "False True"), ("1", "True False")):
         env = {**os.environ, "CGC_LENS_PROGRESS": value, "OMP_NUM_THREADS": "1"}
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
         assert out == expected, (value, out)
 
 
