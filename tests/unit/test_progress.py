@@ -131,9 +131,10 @@ def test_capability_run_shows_every_stage_and_probe_and_quiet_shows_none(capsys)
     assert (loud.density.density == silent.density.density).all()
 
 
-def _survival(**config):
+def _survival(eval_tokens: int = 0, **config):
     gen = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 61, (16, 16), generator=gen)
+    evals = torch.randint(0, 61, (eval_tokens // 16, 16), generator=gen) if eval_tokens else None
     sae = TopKSAE(
         TopKSAEConfig(
             d_in=32, d_sae=64, k=6, metadata=SAEMetadata(hook_name="blocks.1.hook_resid_post")
@@ -147,11 +148,11 @@ def _survival(**config):
             "fragility_folds": 2,
             "match_pruning": None,
             "bits": (8, 4),
-            "eval_tokens": 0,
+            "eval_tokens": eval_tokens,
             **config,
         }
     )
-    return run_survival(cfg, model=make_tiny_model(), sae=sae, tokens=tokens)
+    return run_survival(cfg, model=make_tiny_model(), sae=sae, tokens=tokens, eval_tokens=evals)
 
 
 def test_survival_sweep_names_the_condition_streamed(capsys):
@@ -167,6 +168,15 @@ def test_survival_sweep_names_the_condition_streamed(capsys):
     set_progress(True)
     _survival(progress=False)  # the config's own switch
     assert capsys.readouterr().err.count("%|") == 0
+
+
+def test_survival_perplexities_name_the_condition(capsys):
+    """The per-condition perplexity step shows a bar naming the condition it evaluates."""
+    capsys.readouterr()
+    result = _survival(eval_tokens=64)
+    seen = _descriptions(capsys.readouterr().err)
+    named = [c.name for c in result.conditions if c.name != "null"]
+    assert named and all(f"perplexity: {n}" in seen for n in named), (named, seen)
 
 
 def _labelled(n: int, seed: int) -> LabelledTokens:

@@ -29,6 +29,7 @@ from cgc_lens.compress.specs import check_plan_shapes, parse_condition, plan_bit
 from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus, token_stream
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.metrics import perplexity, perplexity_result
+from cgc_lens.progress import progress_bar
 from cgc_lens.saes import load_sae, validate_sae
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.studies.survival.config import NULL_NAME, PlanCondition, SurvivalConfig
@@ -282,9 +283,11 @@ def condition_perplexities(
             log.warning("The sliding-window stream comes from the feature tokens' split %r; "
                         "set eval_split to keep them apart.", config.split)
     out: dict[str, tuple[float | None, float | None]] = {}
-    for name, plan in [(None, None), *[(c.name, c.plan) for c in conds]]:
-        if eval_tokens is None or (name is None and config.null):
-            continue
+    todo = [(n, p) for n, p in [(None, None), *[(c.name, c.plan) for c in conds]]
+            if eval_tokens is not None and not (n is None and config.null)]
+    bar = progress_bar(total=len(todo), desc="perplexity", enabled=config.progress)
+    for name, plan in todo:
+        bar.set_description(f"perplexity: {name or 'reference'}")
         with edited(model, plan):
             chunked = perplexity_result(model, eval_tokens, batch_size=config.batch_size,
                                         prepend_bos=config.prepend_bos, progress=False).perplexity
@@ -293,4 +296,6 @@ def condition_perplexities(
                 stride=config.ppl_stride or max(1, config.ppl_window // 4),  # type: ignore[operator]
                 batch_size=config.batch_size, progress=False)
         out[NULL_NAME if name is None else name] = (chunked, sliding)
+        bar.update()
+    bar.close()
     return out
