@@ -25,7 +25,10 @@ over the non-zeros of its codes (the SAE codes are sparse; zeros add nothing). T
 into :class:`~cgc_lens.analysis.PearsonAccumulator` objects through ``from_sums``, so r comes
 from the one implementation of Eq. I.2 and its zero-variance rules. x·x, y·y and x·y are
 formed by the same operations in the same order, so the null condition gives bit-identical
-sums and r = 1 exactly (on CPU; CUDA's ``index_add_`` order may differ in the last bit).
+sums and r = 1 exactly. The null condition (``plan=None``) runs no forward of its own: its
+codes are the cached reference codes, which a second forward of the unedited model would repeat
+bit for bit on CPU (so the null costs sums only, not 1/(1 + C) of the sweep, and its r is exactly
+1 on CUDA too, where ``index_add_`` order could differ in the last bit between two forwards).
 """
 
 from __future__ import annotations
@@ -249,7 +252,10 @@ class _Sweep:
             self.bar.set_description(f"survival: {name}")
             with edited(self.model, plan):
                 for j, ref_codes in cache:
-                    codes = self.reader.read(self.model, self.batches[j], self.stop, self.bos)
+                    # The null's codes are the reference's: a forward of the unedited model
+                    # would repeat them bit for bit (issue 18), so they are taken from the cache.
+                    codes = ref_codes if plan is None else self.reader.read(
+                        self.model, self.batches[j], self.stop, self.bos)
                     for key, y_codes in codes.items():
                         block = self.sums.cond_sums[key][c, self.shard_of[j]]
                         block[:2] += y_codes.moments()
