@@ -36,7 +36,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Fitness = Callable[[dict[Head, float], int], float]
-"""``fitness(retention_map, n_tokens) -> float``; lower is better (e.g. KL(dense ‖ compressed))."""
+"""``fitness(retention_map, n_tokens) -> float``; lower is better (e.g. KL(dense ‖ compressed)).
+A fitness object with a ``many(retention_maps, n_tokens) -> list[float]`` method is given each
+selection stage's candidates (and the starts) at once, in order: it may score them in parallel
+(the capability study splits them over the ranks of a process group); the values must be those
+of one call each."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,14 +215,29 @@ class _Evaluator:
         self.fitness, self.like, self.n_levels, self.calls = fitness, like, n_levels, 0
 
     def __call__(self, k: np.ndarray, n_tokens: int) -> float:
-        self.calls += 1
-        retention = _from_levels(k, self.like, self.n_levels, "cgc_f").by_head()
-        value = float(self.fitness(retention, n_tokens))
+        return self.many([k], n_tokens)[0]
+
+    def many(self, ks: list[np.ndarray], n_tokens: int) -> list[float]:
+        """The fitness of each level vector, through the fitness's ``many`` when it has one."""
+        self.calls += len(ks)
+        maps = [_from_levels(k, self.like, self.n_levels, "cgc_f").by_head() for k in ks]
+        return _scores(self.fitness, maps, n_tokens)
+
+
+def _scores(fitness: Fitness, maps: list[dict[Head, float]], n_tokens: int) -> list[float]:
+    """``fitness`` of each retention map (its ``many`` when it has one); a non-finite value
+    raises."""
+    many = getattr(fitness, "many", None)
+    if many is not None and len(maps) > 1:
+        values = [float(v) for v in many(maps, n_tokens)]
+    else:
+        values = [float(fitness(m, n_tokens)) for m in maps]
+    for value in values:
         if not np.isfinite(value):
             raise CgcLensError(
                 f"fitness returned {value} for {n_tokens} tokens; need a finite float."
             )
-        return value
+    return values
 
 
 def _offspring(
@@ -238,7 +257,9 @@ def _offspring(
 
 
 def _select(
-    kids: list[np.ndarray], parent: np.ndarray, evaluate: Callable[[np.ndarray, int], float],
+    kids: list[np.ndarray],
+    parent: np.ndarray,
+    evaluate: _Evaluator,
     cfg: EvoConfig,
 ) -> tuple[list[np.ndarray], list[float]]:
     """Multi-stage selection: the best ``survivors_per_stage[i]`` on ``tokens_per_stage[i]``
@@ -249,7 +270,7 @@ def _select(
     ):
         if stage == len(cfg.survivors_per_stage) - 1 and cfg.elitism:
             cands = [*cands, parent]
-        fits = [evaluate(c, n_tokens) for c in cands]
+        fits = evaluate.many(cands, n_tokens)
         order = np.argsort(fits, kind="stable")[:n_keep]
         cands, fits = [cands[i] for i in order], [fits[i] for i in order]
     return cands, fits
@@ -358,7 +379,8 @@ def cgc_f_from_starts(
     if not starts:
         raise CgcLensError("cgc_f_from_starts needs at least one start allocation, got none.")
     n_tokens = cfg.tokens_per_stage[-1]
-    start_fit = {m: fitness(a.by_head(), n_tokens) for m, a in starts.items()}
+    maps = [a.by_head() for a in starts.values()]
+    start_fit = dict(zip(starts, _scores(fitness, maps, n_tokens), strict=True))
     start = min(start_fit, key=start_fit.__getitem__)
     search = cgc_f(starts[start], fitness, cfg, floor=floor)
     best, best_fit, origin = search.allocation, float(search.history[-1]), "search"

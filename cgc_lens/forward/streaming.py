@@ -116,7 +116,8 @@ def iter_batches(
                 f"{tokens.dtype}."
             )
         n = (tokens.shape[0] + batch_size - 1) // batch_size
-        return iter(tokens.split(batch_size)), n
+        # no rows, no batch (split would give one empty batch): a rank's empty token shard
+        return iter(tokens.split(batch_size) if n else ()), n
     n_known = len(tokens) if hasattr(tokens, "__len__") else None  # type: ignore[arg-type]
     return iter(tokens), n_known
 
