@@ -42,6 +42,7 @@ from cgc_lens.errors import CgcLensError
 from cgc_lens.io.manifest import check_manifest, warn_unsealed
 from cgc_lens.io.report import SHARED_PLOTLYJS, write_report
 from cgc_lens.io.staging import leftovers, staged_folder
+from cgc_lens.progress import Stages
 
 __all__ = ["ResultsFolder", "read_results", "to_jsonable", "versions", "write_results"]
 
@@ -153,15 +154,41 @@ def write_results(
         raise CgcLensError(f"payload keys {sorted(reserved)} are reserved; rename them.")
     doc = {"study": study, **to_jsonable(dict(payload)), "config": to_jsonable(config),
            "versions": versions()}
-    with staged_folder(out_dir, overwrite=overwrite) as stage:
-        _write_files(stage, doc, tables or {}, arrays or {}, figures or {})
-        # the report reads the figures' plotly.min.js: plotly.js stored once per folder
-        write_report(stage, title or f"cgc-lens {study}", figures=dict(figures or {}),
-                     tables=dict(tables or {}), config=config, versions=doc["versions"],
-                     intro=intro, plotlyjs=SHARED_PLOTLYJS)
-        if extra is not None:
-            extra(stage)
+    report = {"title": title or f"cgc-lens {study}", "figures": dict(figures or {}),
+              "tables": dict(tables or {}), "config": config, "versions": doc["versions"],
+              "intro": intro}
+    _write_staged(Path(out_dir), overwrite=overwrite, doc=doc, tables=tables or {},
+                  arrays=arrays or {}, report=report, extra=extra)
     return Path(out_dir)
+
+
+def _write_staged(
+    out: Path,
+    *,
+    overwrite: bool,
+    doc: dict[str, Any],
+    tables: Mapping[str, pd.DataFrame],
+    arrays: Mapping[str, torch.Tensor | np.ndarray],
+    report: dict[str, Any],
+    extra: Callable[[Path], None] | None,
+) -> None:
+    """Stage, write and seal the folder, with a bar naming the stage running."""
+    stages = Stages(("results", "figures", "report", "seal"), desc=f"saving {out.name}")
+    try:
+        with staged_folder(out, overwrite=overwrite) as stage:
+            _write_files(stage, doc, tables, arrays)
+            stages.next()
+            _write_figures(stage, report["figures"])
+            stages.next()
+            # the report reads the figures' plotly.min.js: plotly.js stored once per folder
+            title = report.pop("title")
+            write_report(stage, title, **report, plotlyjs=SHARED_PLOTLYJS)
+            stages.next()
+            if extra is not None:
+                extra(stage)
+        stages.next()
+    finally:
+        stages.close()
 
 
 def _write_files(
@@ -169,7 +196,6 @@ def _write_files(
     doc: dict[str, Any],
     tables: Mapping[str, pd.DataFrame],
     arrays: Mapping[str, torch.Tensor | np.ndarray],
-    figures: Mapping[str, go.Figure],
 ) -> None:
     (out / "results.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     for name, table in tables.items():
@@ -179,6 +205,9 @@ def _write_files(
         tensors = {k: torch.as_tensor(np.ascontiguousarray(v)) if isinstance(v, np.ndarray)
                    else v.detach().cpu().contiguous() for k, v in arrays.items()}
         save_file(tensors, str(out / "arrays.safetensors"))
+
+
+def _write_figures(out: Path, figures: Mapping[str, go.Figure]) -> None:
     for name, fig in figures.items():
         (out / "figures").mkdir(exist_ok=True)
         # "directory": one plotly.min.js beside the figures, read by relative path (offline;

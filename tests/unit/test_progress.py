@@ -284,3 +284,15 @@ def test_progress_scope_prints_logs_above_the_bar_or_turns_bars_off(capsys):
     assert not re.search(r"\]a log line", err)
     _log_under_a_bar(progress_scope(False))
     assert capsys.readouterr().err == "a log line\n"
+
+
+def test_saving_a_results_folder_names_its_stage(tmp_path, capsys):
+    """Writing a results folder shows a stage bar (results, figures, report, seal)."""
+    capsys.readouterr()
+    result = _survival()
+    result.save(tmp_path / "run")
+    seen = _descriptions(capsys.readouterr().err)
+    assert {"saving run: figures", "saving run: report"} <= seen, seen
+    set_progress(False)
+    result.save(tmp_path / "quiet")
+    assert capsys.readouterr().err.count("%|") == 0
