@@ -70,9 +70,16 @@ from cgc_lens.analysis.survival import (
     summarize_condition,
     summary_table,
 )
+from cgc_lens.analysis.survival_intervals import (
+    SURVIVAL_STATS,
+    SurvivalIntervals,
+    jackknife_interval,
+    survival_intervals,
+)
 
 __all__ = [
     "PREDICTORS",
+    "SURVIVAL_STATS",
     "Allocation",
     "ConditionSummary",
     "DensityConfig",
@@ -93,6 +100,7 @@ __all__ = [
     "RocCurve",
     "SearchResult",
     "StartsResult",
+    "SurvivalIntervals",
     "SurvivalThresholds",
     "ZeroVariance",
     "active_features",
@@ -112,6 +120,7 @@ __all__ = [
     "fragility_features",
     "inverted",
     "jaccard_packed",
+    "jackknife_interval",
     "magnitude_head_importance",
     "marginal_aucs",
     "merge_all",
@@ -125,6 +134,7 @@ __all__ = [
     "summarize_condition",
     "summary_table",
     "survival_by_quartile",
+    "survival_intervals",
     "threshold_grid",
     "uniform",
     "wanda_head_importance",

@@ -37,10 +37,10 @@ from typing import ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from cgc_lens.analysis.accumulator_base import FLAT_RTOL, SumAccumulator
+from cgc_lens.analysis.accumulator_base import CHUNK_ELEMENTS, FLAT_RTOL, SumAccumulator
 from cgc_lens.analysis.reference_stats import ReferenceAccumulator, ReferenceStats
 from cgc_lens.errors import CgcLensError
 
@@ -102,6 +102,7 @@ class PearsonAccumulator(SumAccumulator):
         sum_yy: Tensor,
         sum_xy: Tensor,
         device: torch.device | str | None = None,
+        **groups: Tensor,
     ) -> PearsonAccumulator:
         """An accumulator holding the sufficient statistics of Eq. I.1 (each ``[d_sae]``).
 
@@ -116,6 +117,9 @@ class PearsonAccumulator(SumAccumulator):
             sum_yy: Σy², formed in float64.
             sum_xy: Σxy over identical positions, formed in float64.
             device: where the sums live; ``None`` keeps the device of ``sum_x``.
+            **groups: per-group sums, all or none: ``group_n_tokens`` ``[G]`` and
+                ``group_sum_x`` ... ``group_sum_xy`` ``[G, d_sae]`` (what :meth:`state_dict`
+                holds for an accumulator with groups).
 
         Example:
             >>> x = torch.rand(20, 3)
@@ -125,28 +129,36 @@ class PearsonAccumulator(SumAccumulator):
             (True, 20)
         """
         fields = {"sum_x": sum_x, "sum_y": sum_y, "sum_xx": sum_xx, "sum_yy": sum_yy,
-                  "sum_xy": sum_xy}
+                  "sum_xy": sum_xy, **groups}
         return cls._from_fields(n_tokens, fields, device=device)
 
     @torch.no_grad()
     def update(
-        self, ref: Float[Tensor, "*batch d_sae"], other: Float[Tensor, "*batch d_sae"]
+        self,
+        ref: Float[Tensor, "*batch d_sae"],
+        other: Float[Tensor, "*batch d_sae"],
+        *,
+        groups: int | Int[Tensor, "*batch"] | None = None,
     ) -> PearsonAccumulator:
         """Add one batch: reference and condition SAE activations on identical positions.
 
         Leading dimensions (``batch pos`` or ``batch*pos``) are flattened; returns ``self``.
+        ``groups`` (required with ``n_groups > 0``, refused without): each position's group
+        in ``[0, n_groups)``, or one int for the whole batch.
         """
         x_all, y_all = self._check_batch(ref, other)
+        g_all = self._group_index(groups, x_all.shape[0], tuple(ref.shape[:-1]))
         if x_all.shape[0] == 0:
             return self
-        s = self._state
-        for x_part, y_part in zip(self._chunks(x_all), self._chunks(y_all), strict=True):
-            x, y = x_part.double(), y_part.double()
-            s["sum_x"] += x.sum(0)
-            s["sum_y"] += y.sum(0)
-            s["sum_xx"] += (x * x).sum(0)
-            s["sum_yy"] += (y * y).sum(0)
-            s["sum_xy"] += (x * y).sum(0)
+        rows = max(1, CHUNK_ELEMENTS // self.d_sae)
+        for start in range(0, x_all.shape[0], rows):
+            x = x_all[start:start + rows].double()
+            y = y_all[start:start + rows].double()
+            g = None if g_all is None else g_all[start:start + rows]
+            for name, part in (("sum_x", x), ("sum_y", y)):
+                self._add(name, part, g)
+            for name, (a, b) in (("sum_xx", (x, x)), ("sum_yy", (y, y)), ("sum_xy", (x, y))):
+                self._add(name, a * b, g)  # one product held at a time
         self.n_tokens += x_all.shape[0]
         return self
 

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from cgc_lens.analysis.accumulator_base import FLAT_RTOL, SumAccumulator
+from cgc_lens.analysis.accumulator_base import CHUNK_ELEMENTS, FLAT_RTOL, SumAccumulator
 from cgc_lens.errors import CgcLensError
 
 __all__ = ["ReferenceAccumulator", "ReferenceStats"]
@@ -133,12 +133,17 @@ class ReferenceAccumulator(SumAccumulator):
     _MAX_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_act"})
 
     def __init__(
-        self, d_sae: int, *, fire_threshold: float = 0.0, device: torch.device | str | None = None
+        self,
+        d_sae: int,
+        *,
+        fire_threshold: float = 0.0,
+        n_groups: int = 0,
+        device: torch.device | str | None = None,
     ) -> None:
         if not math.isfinite(fire_threshold):
             raise CgcLensError(f"fire_threshold must be finite, got {fire_threshold!r}.")
         self.fire_threshold = float(fire_threshold)
-        super().__init__(d_sae, device=device)
+        super().__init__(d_sae, n_groups=n_groups, device=device)
 
     @classmethod
     def from_sums(
@@ -152,6 +157,7 @@ class ReferenceAccumulator(SumAccumulator):
         max_act: Tensor,
         fire_threshold: float = 0.0,
         device: torch.device | str | None = None,
+        **groups: Tensor,
     ) -> ReferenceAccumulator:
         """An accumulator holding given sufficient statistics (each ``[d_sae]``).
 
@@ -168,6 +174,9 @@ class ReferenceAccumulator(SumAccumulator):
             max_act: the maximum activation over all positions (-inf for none; float64).
             fire_threshold: the threshold the counts were taken at.
             device: where the statistics live; ``None`` keeps the device of ``fire_count``.
+            **groups: per-group sums, all or none: ``group_n_tokens`` ``[G]`` and
+                ``group_fire_count``, ``group_sum_act``, ``group_sum_act_firing``,
+                ``group_sum_sq_firing`` ``[G, d_sae]`` (``max_act`` is not kept per group).
 
         Example:
             >>> acc = ReferenceAccumulator(2).update(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
@@ -176,27 +185,34 @@ class ReferenceAccumulator(SumAccumulator):
             ([1, 2], 2)
         """
         fields = {"fire_count": fire_count, "sum_act": sum_act, "sum_act_firing": sum_act_firing,
-                  "sum_sq_firing": sum_sq_firing, "max_act": max_act}
+                  "sum_sq_firing": sum_sq_firing, "max_act": max_act, **groups}
         return cls._from_fields(n_tokens, fields, fire_threshold=fire_threshold, device=device)
 
     def _settings(self) -> dict[str, object]:
         return {"fire_threshold": self.fire_threshold}
 
     @torch.no_grad()
-    def update(self, ref: Float[Tensor, "*batch d_sae"]) -> ReferenceAccumulator:
-        """Add one batch of reference SAE activations; returns ``self``."""
+    def update(
+        self, ref: Float[Tensor, "*batch d_sae"], *, groups: int | Tensor | None = None
+    ) -> ReferenceAccumulator:
+        """Add one batch of reference SAE activations; returns ``self``. ``groups``: each
+        position's group (or one int), required with ``n_groups > 0``, refused without."""
         (x_all,) = self._check_batch(ref)
+        g_all = self._group_index(groups, x_all.shape[0], tuple(ref.shape[:-1]))
         if x_all.shape[0] == 0:
             return self
         s = self._state
-        for x_part in self._chunks(x_all):
-            x = x_part.double()
+        rows = max(1, CHUNK_ELEMENTS // self.d_sae)
+        for start in range(0, x_all.shape[0], rows):
+            x = x_all[start:start + rows].double()
+            g = None if g_all is None else g_all[start:start + rows]
             fires = x > self.fire_threshold
             x_fire = torch.where(fires, x, 0.0)
-            s["fire_count"] += fires.sum(0)
-            s["sum_act"] += x.sum(0)
-            s["sum_act_firing"] += x_fire.sum(0)
-            s["sum_sq_firing"] += (x_fire * x_fire).sum(0)
+            # an int64 copy only for the groups' index_add_ (the pooled count is the same)
+            self._add("fire_count", fires if g is None else fires.long(), g)
+            self._add("sum_act", x, g)
+            self._add("sum_act_firing", x_fire, g)
+            self._add("sum_sq_firing", x_fire * x_fire, g)
             torch.maximum(s["max_act"], x.amax(0), out=s["max_act"])
         self.n_tokens += x_all.shape[0]
         return self

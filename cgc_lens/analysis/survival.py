@@ -186,6 +186,38 @@ class ConditionSummary:
     bits_per_weight: float | None = None
     """Effective storage bits per weight, scales and zero points included, averaged over the
     edited weights by parameter count."""
+    mean_corr_se: float | None = None
+    """Blocked-jackknife standard error of the mean r (None: no groups)."""
+    mean_corr_ci_low: float | None = None
+    """Lower end of its 95% jackknife interval."""
+    mean_corr_ci_high: float | None = None
+    """Upper end of its 95% jackknife interval."""
+    median_corr_se: float | None = None
+    """Blocked-jackknife standard error of the median r (None: no groups)."""
+    median_corr_ci_low: float | None = None
+    """Lower end of its 95% jackknife interval."""
+    median_corr_ci_high: float | None = None
+    """Upper end of its 95% jackknife interval."""
+    survived_pct_se: float | None = None
+    """Blocked-jackknife standard error of the survived % (None: no groups)."""
+    survived_pct_ci_low: float | None = None
+    """Lower end of its 95% jackknife interval."""
+    survived_pct_ci_high: float | None = None
+    """Upper end of its 95% jackknife interval."""
+    degraded_pct_se: float | None = None
+    """Blocked-jackknife standard error of the degraded % (None: no groups)."""
+    degraded_pct_ci_low: float | None = None
+    """Lower end of its 95% jackknife interval."""
+    degraded_pct_ci_high: float | None = None
+    """Upper end of its 95% jackknife interval."""
+    damaged_pct_se: float | None = None
+    """Blocked-jackknife standard error of the damaged % (None: no groups)."""
+    damaged_pct_ci_low: float | None = None
+    """Lower end of its 95% jackknife interval."""
+    damaged_pct_ci_high: float | None = None
+    """Upper end of its 95% jackknife interval."""
+    n_groups: int | None = None
+    """Groups of token blocks the jackknife left out one at a time (None: no intervals)."""
 
     def to_dict(self) -> dict[str, object]:
         """The row as a dict, Table 1 columns first."""
