@@ -8,7 +8,7 @@ swaps its weights into the reference model: the parameters' storage is exchanged
 compared model's (in TransformerLens layout, converted by TransformerLens's own weight
 conversion) and exchanged back on exit, so the restore is exact, the tokens and the frozen SAE
 are the reference's, and only one compared state dict is held at a time
-(:class:`CheckpointSlot`).
+(:class:`CheckpointSlot`), each read once per sweep (:func:`deferred_swaps`).
 
 Up front (:func:`check_compared`, before the sweep): the architecture's function fields
 (d_model, layers, heads, d_mlp, vocabulary, activation, normalization, positions ...) and the
@@ -23,7 +23,8 @@ import dataclasses
 import json
 import logging
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ __all__ = [
     "WeightSwap",
     "check_compared",
     "compared_conditions",
+    "deferred_swaps",
     "describe",
     "load_tl_state",
     "parse_compare",
@@ -321,17 +323,29 @@ def load_tl_state(model: ComparedModel, reference: HookedTransformer) -> dict[st
 
 @dataclass
 class CheckpointSlot:
-    """The one compared state dict held at a time (reloaded when another one is asked for)."""
+    """The one compared state dict held at a time (reloaded when another one is asked for).
+
+    The sweep asks for each checkpoint once (:func:`deferred_swaps`); ``loads`` and
+    ``load_seconds`` count what loading cost, per checkpoint name.
+    """
 
     name: str | None = None
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    loads: dict[str, int] = field(default_factory=dict)
+    """Times each checkpoint was read from its path."""
+    load_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds spent reading each one (all its loads)."""
 
     def get(self, model: ComparedModel, reference: HookedTransformer) -> dict[str, torch.Tensor]:
         """``model``'s weights, loading them (and dropping the held ones) when not held."""
         if self.name != model.name:
             self.clear()
+            t0 = time.perf_counter()
             self.state = load_tl_state(model, reference)
             self.name = model.name
+            self.loads[model.name] = self.loads.get(model.name, 0) + 1
+            seconds = time.perf_counter() - t0
+            self.load_seconds[model.name] = self.load_seconds.get(model.name, 0.0) + seconds
         return self.state
 
     def clear(self) -> None:
@@ -361,6 +375,16 @@ class WeightSwap:
         finally:
             for name, data in originals.items():
                 params[name].data = data
+
+
+def deferred_swaps(conditions: Sequence[tuple[str, Any]]) -> list[int]:
+    """Indices (in ``conditions``, ``(name, plan)`` pairs) of the compared checkpoints after the
+    first: the sweep streams them after its chunk loop, each loaded once, over the reference
+    codes kept on disk (:class:`~cgc_lens.studies.survival.spill.ReferenceSpill`), since two
+    checkpoints alternating per chunk in the one :class:`CheckpointSlot` would each be read
+    from their files once per chunk."""
+    swaps = [c for c, (_, plan) in enumerate(conditions) if isinstance(plan, WeightSwap)]
+    return swaps[1:]
 
 
 def compared_conditions(specs: tuple[str, ...], reference: HookedTransformer) -> list[Condition]:
