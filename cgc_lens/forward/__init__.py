@@ -1,7 +1,9 @@
 """The hooked forward passes: streaming reads of hook points, losses and perplexity, per-head
-ablation sweeps, and capability probes."""
+ablation sweeps, capability probes, the dense pass kept for a study and the forward ledger."""
 
 from cgc_lens.forward.ablation import AblationResult, head_ablation, head_ablation_naive, head_means
+from cgc_lens.forward.dense import DensePass
+from cgc_lens.forward.ledger import ForwardLedger, LedgerReport, forward_ledger
 from cgc_lens.forward.logits import NLL_CHUNK_ELEMENTS, final_residual, unembed_nll
 from cgc_lens.forward.metrics import (
     PerplexityResult,
@@ -31,10 +33,11 @@ from cgc_lens.forward.prune_sweep import (
 from cgc_lens.forward.streaming import Accumulator, collect_activations, iter_batches, run_sites
 
 __all__ = [
-    "NLL_CHUNK_ELEMENTS", "PASS_LOGITS_ELEMENTS", "AblationResult", "Accumulator",
-    "InductionProbe", "PerplexityResult", "Probe", "PruneSweepResult", "TaskProbe",
-    "collect_activations", "final_residual", "get_probe", "head_ablation", "head_ablation_naive",
-    "head_means", "head_prune_sweep", "head_prune_sweep_naive", "iter_batches", "kl_divergence",
-    "log_probs", "nll_kl_sums", "perplexity", "perplexity_result", "probe_names", "register_probe",
-    "run_probes", "run_sites", "token_nll", "unembed_nll", "unigram_perplexity",
+    "NLL_CHUNK_ELEMENTS", "PASS_LOGITS_ELEMENTS", "AblationResult", "Accumulator", "DensePass",
+    "ForwardLedger", "InductionProbe", "LedgerReport", "PerplexityResult", "Probe",
+    "PruneSweepResult", "TaskProbe", "collect_activations", "final_residual", "forward_ledger",
+    "get_probe", "head_ablation", "head_ablation_naive", "head_means", "head_prune_sweep",
+    "head_prune_sweep_naive", "iter_batches", "kl_divergence", "log_probs", "nll_kl_sums",
+    "perplexity", "perplexity_result", "probe_names", "register_probe", "run_probes", "run_sites",
+    "token_nll", "unembed_nll", "unigram_perplexity",
 ]
