@@ -1,9 +1,9 @@
 """Evaluating trained compressors beside their TopK baseline: SAE quality per site, and the
 mean-pooled latents that sparse probing classifies.
 
-Quality goes through :func:`cgc_lens.saes.evaluate_saes` for both methods, one site at a time
-(each spliced alone), so both are measured by one definition of MSE, explained variance, L0,
-L1, KL and CE loss recovered. Each method is also evaluated with its code zeroed: what the
+Quality goes through :func:`cgc_lens.saes.evaluate_saes` for both methods at every site, each
+SAE spliced alone (``splice="each"``: one clean pass per batch reads them all), so both are
+measured by one definition of MSE, explained variance, L0, L1, KL and CE loss recovered. Each method is also evaluated with its code zeroed: what the
 reconstruction explains without any latent (the compressor's skip term and b_dec; the TopK
 SAE's b_dec). ``latent_contribution`` is the difference: the variance the latents explain.
 """
@@ -69,21 +69,29 @@ def evaluate_methods(
     """One row per (method, site): the :class:`~cgc_lens.saes.SAEQuality` and
     :class:`~cgc_lens.saes.SplicedLoss` figures, with ``method``, ``site``, ``layer``,
     ``explained_variance_without_latents`` and ``latent_contribution`` (module docstring)."""
-    rows = []
-    kw = {"batch_size": batch_size, "progress": progress}
-    bar = progress_bar(compressor.sites, desc="evaluate sites", enabled=progress, unit="site")
-    for i, site in enumerate(bar):
+    named: dict[str, Any] = {}
+    floors: dict[str, Any] = {}
+    for i, site in enumerate(compressor.sites):
         target = compressor.as_target(i)
         methods: list[tuple[str, Any, Any]] = [("adaptive", target, target.sae)]
         if baseline is not None:
             methods.append(("topk", baseline.select([i]), baseline.to_saelens(i)))
         for method, sae, one in methods:
-            result = evaluate_saes(model, tokens, [sae], **kw)
-            quality: SAEQuality = result.per_sae[site.key]
-            floor = evaluate_saes(model, tokens, [SAETarget(
-                key=site.key, hook=site.hook, sae=_ZeroCode(one))], splice=False, **kw)
-            ev0 = floor.per_sae[site.key].explained_variance
-            spliced = asdict(result.spliced) if result.spliced is not None else {}
+            named[f"{method} {site.key}"] = sae
+            floors[f"{method} {site.key} without latents"] = SAETarget(
+                key=site.key, hook=site.hook, sae=_ZeroCode(one))
+    # every SAE spliced alone, from one clean pass per batch for all of them
+    result = evaluate_saes(model, tokens, named, splice="each", read_only=floors,
+                           batch_size=batch_size, progress=progress)
+    rows = []
+    bar = progress_bar(compressor.sites, desc="evaluate sites", enabled=progress, unit="site")
+    for site in bar:
+        for method in ("adaptive", "topk") if baseline is not None else ("adaptive",):
+            name = f"{method} {site.key}"
+            quality: SAEQuality = result.per_sae[name]
+            ev0 = result.per_sae[f"{name} without latents"].explained_variance
+            loss = result.spliced_each.get(name)
+            spliced = asdict(loss) if loss is not None else {}
             rows.append({"method": method, "site": site.key, "layer": site.layer,
                          **asdict(quality), **spliced, "explained_variance_without_latents": ev0,
                          "latent_contribution": quality.explained_variance - ev0})
