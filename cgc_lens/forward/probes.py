@@ -15,8 +15,9 @@ Register your own with :func:`register_probe`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer
@@ -106,6 +107,9 @@ class TaskProbe:
     batch_size: int = 16
     """Documents per forward pass."""
     _docs: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+    _encoded: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+    """Token rows and answer masks by (tokenizer id, n_ctx): built once per tokenizer."""
 
     def __post_init__(self) -> None:
         if self.task not in _ANSWER_PATTERNS:
@@ -119,7 +123,13 @@ class TaskProbe:
         tok = model.tokenizer
         if tok is None:
             raise CgcLensError(f"TaskProbe({self.task!r}) needs a model with a tokenizer.")
-        n_ctx, pad = model.cfg.n_ctx, tok.eos_token_id or 0
+        key = (id(tok), model.cfg.n_ctx)
+        if key not in self._encoded:
+            self._encoded[key] = self._tokenize(tok, model.cfg.n_ctx)
+        return self._encoded[key]
+
+    def _tokenize(self, tok: Any, n_ctx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pad = tok.eos_token_id or 0
         rows, masks = [], []
         for text in self._docs:
             enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
@@ -191,6 +201,7 @@ def run_probes(
     *,
     progress: bool = True,
     desc: str = "probes",
+    instances: Mapping[str, Probe] | None = None,
 ) -> dict[str, float]:
     """Run probes and flatten their results to ``{"probe.metric": value}``.
 
@@ -200,12 +211,16 @@ def run_probes(
         progress: show a bar over the probes (:func:`cgc_lens.progress.progress_bar`) whose
             description names the probe running (``"{desc}: {name}"``).
         desc: what the bar's description starts with (e.g. the allocation probed).
+        instances: probes already made, by name (a study probing several models makes each
+            once, so its prompts are built once); a name not in it is made by
+            :func:`get_probe`.
     """
     out: dict[str, float] = {}
     with progress_bar(total=len(names), desc=desc, enabled=progress, unit="probe") as bar:
         for name in names:
             bar.set_description(f"{desc}: {name}")
-            for key, value in get_probe(name)(model).items():
+            probe = instances[name] if instances and name in instances else get_probe(name)
+            for key, value in probe(model).items():
                 out[f"{name}.{key}"] = float(value)
             bar.update(1)
     return out
