@@ -24,6 +24,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.head_edits import (
     EditSums,
     HeadEdit,
@@ -140,6 +141,7 @@ def head_ablation(
     batch_size: int = 8,
     heads_per_pass: int | None = None,
     progress: bool = True,
+    dense: DensePass | None = None,
 ) -> AblationResult:
     """ΔPPL and ΔKL of ablating each head alone, restarting after its layer's attention.
 
@@ -155,6 +157,8 @@ def head_ablation(
             layer on CUDA; 1 on CPU, where stacking makes each head slower (larger activations
             fall out of cache). Memory grows with ``batch_size × heads_per_pass × pos × d_vocab``.
         progress: show a tqdm bar.
+        dense: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`): a batch it
+            already ran is not run again.
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -168,7 +172,8 @@ def head_ablation(
     heads = select_heads(model, heads)
     edits = _ablation_edits(model, heads, mode, means)
     out = sweep_edits(model, tokens, edits, batch_size=batch_size,
-                      heads_per_pass=heads_per_pass, progress=progress, desc=f"{mode}-ablation")
+                      heads_per_pass=heads_per_pass, progress=progress, desc=f"{mode}-ablation",
+                      dense=dense)
     return _result(model, heads, out, mode=mode)
 
 

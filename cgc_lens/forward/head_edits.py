@@ -38,6 +38,7 @@ from einops import einsum, rearrange
 from torch import Tensor
 
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.metrics import check_token_ids, log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches
 from cgc_lens.progress import progress_bar
@@ -159,9 +160,12 @@ def _chunk_losses(
 @torch.no_grad()
 def sweep_edits(
     model: HookedTransformer, tokens: Tensor, edits: Sequence[HeadEdit], *, batch_size: int,
-    heads_per_pass: int | None, progress: bool, desc: str,
+    heads_per_pass: int | None, progress: bool, desc: str, dense: DensePass | None = None,
 ) -> EditSums:
-    """Summed NLL and KL per edit, the dense NLL sum, scored tokens and KL positions."""
+    """Summed NLL and KL per edit, the dense NLL sum, scored tokens and KL positions.
+
+    ``dense``: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`), read instead
+    of running the dense forward of a batch it already ran."""
     start = residual_start(model)
     tokens = check_blocks(model, tokens)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -180,15 +184,20 @@ def sweep_edits(
     bar = progress_bar(total=(n_batches or 0) * len(by_layer), desc=desc, enabled=progress)
     for rows in batches:
         batch = rows.to(model.cfg.device)
-        with model.hooks(fwd_hooks=hooks):
-            ref_logp = log_probs(model(batch, return_type="logits"))
+        if dense is None:
+            with model.hooks(fwd_hooks=hooks):
+                ref_logp = log_probs(model(batch, return_type="logits"))
+            acts = cache
+        else:
+            got = dense(batch, [name for name, _ in hooks])
+            ref_logp, acts = got.log_probs, got.activations
         ref_p = ref_logp.exp()
         d_nll = float(nll_kl_sums(ref_logp, batch, ref_logp, ref_p)[0])
         dense_nll += d_nll
         nll[identity] += d_nll
         n_scored, n_pos = n_scored + batch.shape[0] * (batch.shape[1] - 1), n_pos + batch.numel()
         for ell, idx in by_layer.items():
-            z, resid = cache[hook_name("z", layer=ell)], cache[hook_name(start, layer=ell)]
+            z, resid = acts[hook_name("z", layer=ell)], acts[hook_name(start, layer=ell)]
             for lo in range(0, len(idx), per_pass):
                 sel = idx[lo:lo + per_pass]
                 e_nll, e_kl = _chunk_losses(model, ell, [edits[i] for i in sel], z=z, resid=resid,

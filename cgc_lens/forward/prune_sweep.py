@@ -27,6 +27,7 @@ from torch import Tensor
 from cgc_lens.compress.context import compressed
 from cgc_lens.compress.operators import HeadPrune, check_fraction, head_prune_
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.head_edits import EditSums, HeadEdit, check_blocks, select_heads, sweep_edits
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches
@@ -136,6 +137,7 @@ def head_prune_sweep(
     batch_size: int = 8,
     heads_per_pass: int | None = None,
     progress: bool = True,
+    dense: DensePass | None = None,
 ) -> PruneSweepResult:
     """ΔPPL and ΔKL of magnitude-pruning each head's ``W_O`` slice alone to each retention.
 
@@ -155,6 +157,8 @@ def head_prune_sweep(
             forward. None: as many as keep a pass under :data:`PASS_LOGITS_ELEMENTS` logits for
             the model's device (a head's levels first, then the next head's).
         progress: show a tqdm bar.
+        dense: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`): a batch it
+            already ran is not run again.
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -175,6 +179,7 @@ def head_prune_sweep(
         heads_per_pass=_per_pass(model, tokens, batch_size, heads_per_pass),
         progress=progress,
         desc="prune sweep",
+        dense=dense,
     )
     return _result(model, heads, levels, sums)
 

@@ -42,8 +42,9 @@ from cgc_lens.analysis.uncertainty import token_groups
 from cgc_lens.compress import HeadPrune, compressed, head_prune_
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
-from cgc_lens.forward.probes import run_probes
+from cgc_lens.forward.probes import get_probe, run_probes
 from cgc_lens.forward.streaming import iter_batches, run_sites
 from cgc_lens.progress import progress_bar
 from cgc_lens.saes.per_head import BatchedTopKSAE
@@ -337,6 +338,9 @@ class KLFitness:
                            max_tokens, rows * pos)
         self.tokens = tokens[:rows].to(model.cfg.device)
         self.calls = 0
+        # KL sum of each whole batch already scored, by retention map: elitism re-scores the
+        # parent and a later stage the blocks an earlier one scored; those values are known.
+        self._known: dict[tuple[tuple[int, int, float], ...], list[float]] = {}
         with torch.no_grad():
             self._ref = [log_probs(model(b, return_type="logits")) for b in
                          self.tokens.split(batch_size)]
@@ -346,23 +350,50 @@ class KLFitness:
         return max(1, min(math.ceil(n_tokens / self.tokens.shape[1]), self.tokens.shape[0]))
 
     @torch.no_grad()
-    def kl(self, n_tokens: int) -> float:
-        """Mean KL of the model as it is now against the cached dense model."""
+    def kl(self, n_tokens: int, known: list[float] | None = None) -> float:
+        """Mean KL of the model as it is now against the cached dense model.
+
+        ``known``: the KL sums of this model's first whole batches, already scored; the batches
+        after them are scored and the whole ones appended."""
         rows, total, count = self.rows(n_tokens), 0.0, 0
-        for batch, ref in zip(self.tokens.split(self.batch_size), self._ref, strict=True):
+        known = [] if known is None else known
+        for i, (batch, ref) in enumerate(zip(self.tokens.split(self.batch_size), self._ref,
+                                             strict=True)):
             if count >= rows:
                 break
             take = min(rows - count, batch.shape[0])
+            if take == batch.shape[0] and i < len(known):
+                total += known[i]
+                count += take
+                continue
             b, r = batch[:take], ref[:take]
             logp = log_probs(self.model(b, return_type="logits"))
-            total += float(nll_kl_sums(logp, b, r, r.exp())[1])
+            value = float(nll_kl_sums(logp, b, r, r.exp())[1])
+            if take == batch.shape[0] and i == len(known):
+                known.append(value)
+            total += value
             count += take
         return total / (rows * self.tokens.shape[1])
 
+    def _needs_forward(self, known: list[float], n_tokens: int) -> bool:
+        """Whether scoring ``n_tokens`` needs a batch that ``known`` does not hold."""
+        rows, count = self.rows(n_tokens), 0
+        for i, batch in enumerate(self.tokens.split(self.batch_size)):
+            if count >= rows:
+                return False
+            if i >= len(known) or rows - count < batch.shape[0]:
+                return True
+            count += batch.shape[0]
+        return False
+
     def __call__(self, retention: Mapping[Head, float], n_tokens: int) -> float:
         self.calls += 1
+        key = tuple(sorted((int(h.layer), int(h.head), float(r)) for h, r in retention.items()))
+        known = self._known.setdefault(key, [])
+        if not self._needs_forward(known, n_tokens):
+            return self.kl(n_tokens, known)
         with compressed(self.model, HeadPrune(dict(retention))):
-            return self.kl(n_tokens)
+            return self.kl(n_tokens, known)
 
 
 @torch.no_grad()
@@ -374,12 +405,18 @@ def evaluate_allocations(
     probes: Sequence[str] = (),
     batch_size: int = 8,
     progress: bool = True,
+    dense: DensePass | None = None,
 ) -> dict[str, dict[str, object]]:
     """Perplexity, mean KL(dense ‖ compressed) and probe results of each allocation.
 
     Per batch the dense logits are computed once and each allocation is applied in turn with
     :func:`compressed` (restored after each), so no dense logits are stored. Perplexity is the
     chunked protocol of :func:`cgc_lens.forward.metrics.perplexity`.
+
+    ``dense``: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`), read instead
+    of running the dense model on a batch it already ran. An allocation that keeps every weight
+    (every retention 1) is scored on the dense log-probabilities, without a forward of its own.
+    Each probe is made once (its prompts built once) and run on every allocation.
     """
     names = list(allocations)
     nll, kl = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
@@ -389,23 +426,28 @@ def evaluate_allocations(
     for rows in progress_bar(batches, total=n_batches, desc="evaluate allocations",
                              enabled=progress):
         batch = rows.to(device)
-        ref = log_probs(model(batch, return_type="logits"))
+        ref = (log_probs(model(batch, return_type="logits")) if dense is None
+               else dense(batch).log_probs)
         ref_p = ref.exp()
         for name in names:
-            with compressed(model, HeadPrune(dict(allocations[name]))):
-                a, k = nll_kl_sums(log_probs(model(batch, return_type="logits")), batch, ref,
-                                   ref_p)
+            if all(r == 1.0 for r in allocations[name].values()):
+                a, k = nll_kl_sums(ref, batch, ref, ref_p)  # HeadPrune at 1 changes no weight
+            else:
+                with compressed(model, HeadPrune(dict(allocations[name]))):
+                    a, k = nll_kl_sums(log_probs(model(batch, return_type="logits")), batch,
+                                       ref, ref_p)
             nll[name] += float(a)
             kl[name] += float(k)
         n_scored += batch.shape[0] * (batch.shape[1] - 1)
         n_pos += batch.numel()
     out: dict[str, dict[str, object]] = {}
+    made = {p: get_probe(p) for p in probes}
     for name in names:
         results: dict[str, float] = {}
         if probes:
             with compressed(model, HeadPrune(dict(allocations[name]))):
                 results = run_probes(model, list(probes), progress=progress,
-                                     desc=f"probes {name}")
+                                     desc=f"probes {name}", instances=made)
         out[name] = {"ppl": math.exp(nll[name] / n_scored), "kl": kl[name] / n_pos,
                      "probes": results}
     return out

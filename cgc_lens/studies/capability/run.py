@@ -33,6 +33,7 @@ from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.ablation import head_ablation
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.models import load_model
 from cgc_lens.progress import Stages
 from cgc_lens.studies.capability.config import CapabilityConfig
@@ -99,7 +100,7 @@ def _token_sets(config: CapabilityConfig, model: HookedTransformer,
 
 def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: TokenBlocks,
              evaluation: TokenBlocks, *, sae: Any, labels: tuple[Any, str],
-             lap: _Laps) -> dict[str, Any]:
+             lap: _Laps, dense: DensePass | None = None) -> dict[str, Any]:
     """Calibration pass, density, Wanda, magnitude, ablation and Theorem 1."""
     cats, cat_mode = labels
     sample = config.sample_per_category or default_sample(cat_mode, len(calibration))
@@ -119,9 +120,9 @@ def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: To
     means = (stats.z_sum / stats.n_tokens).to(W_O.dtype)
     ablation = head_ablation(model, evaluation.tokens, mode=config.ablation_mode, means=means,
                              batch_size=config.batch_size, heads_per_pass=config.heads_per_pass,
-                             progress=config.progress)
+                             progress=config.progress, dense=dense)
     lap("ablation")
-    result = theorem1(config, model, stats, density, evaluation)
+    result = theorem1(config, model, stats, density, evaluation, dense=dense)
     lap("theorem1")
     return {"cat_mode": cat_mode, "density": density, "wanda": wanda, "magnitude": magnitude,
             "ablation": ablation, "theorem1": result}
@@ -159,12 +160,18 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
     sae = inputs.get("sae")
     sae = sae if sae is not None else load_saes(config, model, calibration)
     lap("saes")
-    m = _measure(config, model, calibration, evaluation, sae=sae, labels=labels, lap=lap)
+    # the dense pass over the held-out batches, run once for the ablation sweep, the Theorem-1
+    # sweep and the evaluation of the allocations (the model is dense between their edits)
+    dense = DensePass(model)
+    m = _measure(config, model, calibration, evaluation, sae=sae, labels=labels, lap=lap,
+                 dense=dense)
     alloc = allocations(config, model, m["density"], calibration)
     lap("cgc_f")
     scores = evaluate_allocations(
         model, evaluation.tokens, {k: a.by_head() for k, a in alloc["allocations"].items()},
-        probes=config.probes, batch_size=config.batch_size, progress=config.progress)
+        probes=config.probes, batch_size=config.batch_size, progress=config.progress,
+        dense=dense)
+    dense.clear()
     lap("evaluate")
     for k, row in scores.items():
         row["kl_calibration"] = alloc["calibration_kl"].get(k, float("nan"))

@@ -23,6 +23,7 @@ from cgc_lens.analysis.survival import destruction
 from cgc_lens.analysis.uncertainty import correlation_interval
 from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus
 from cgc_lens.errors import CgcLensError
+from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.prune_sweep import head_prune_sweep
 from cgc_lens.saes import BatchedSAEConfig, TrainConfig, fit_sae, load_batched_sae
 from cgc_lens.sites import Head
@@ -125,7 +126,8 @@ def _ptp(config: CapabilityConfig, curves: np.ndarray) -> np.ndarray:
 
 
 def theorem1(config: CapabilityConfig, model: HookedTransformer, stats: CalibrationStats,
-             density: DensityResult, evaluation: TokenBlocks) -> Theorem1Result:
+             density: DensityResult, evaluation: TokenBlocks, *,
+             dense: DensePass | None = None) -> Theorem1Result:
     """Destruction per head and level, its correlation with density, and each head's PTP."""
     levels = np.asarray(config.survival_retentions, float)
     destr, n_active = _destruction(config, stats, density.density.shape)
@@ -133,7 +135,8 @@ def theorem1(config: CapabilityConfig, model: HookedTransformer, stats: Calibrat
     if config.survival_dppl:
         sweep = head_prune_sweep(model, evaluation.tokens, list(levels),
                                  batch_size=config.batch_size,
-                                 heads_per_pass=config.heads_per_pass, progress=config.progress)
+                                 heads_per_pass=config.heads_per_pass, progress=config.progress,
+                                 dense=dense)
         dppl, dkl = sweep.delta_ppl, sweep.delta_kl
     ptp_d = _ptp(config, destr)
     ptp_p = None if dppl is None else _ptp(config, dppl)
