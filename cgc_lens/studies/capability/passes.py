@@ -416,9 +416,11 @@ def evaluate_allocations(
     ``dense``: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`), read instead
     of running the dense model on a batch it already ran. An allocation that keeps every weight
     (every retention 1) is scored on the dense log-probabilities, without a forward of its own.
-    Each probe is made once (its prompts built once) and run on every allocation.
+    Each probe is made once (its prompts built once) and run on every allocation; allocations
+    with the same retention map (CGC-F's answer may be its start) are scored once.
     """
-    names = list(allocations)
+    same = _first_equal(allocations)
+    names = [name for name in allocations if same[name] == name]  # each distinct map once
     nll, kl = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     n_scored = n_pos = 0
     batches, n_batches = iter_batches(tokens, batch_size)
@@ -450,5 +452,14 @@ def evaluate_allocations(
                                      desc=f"probes {name}", instances=made)
         out[name] = {"ppl": math.exp(nll[name] / n_scored), "kl": kl[name] / n_pos,
                      "probes": results}
-    return out
+    return {name: {**out[same[name]], "probes": dict(out[same[name]]["probes"])}
+            for name in allocations}
+
+
+def _first_equal(allocations: Mapping[str, Mapping[Head, float]]) -> dict[str, str]:
+    """Each allocation's name → the first name with the same retention map (itself if none)."""
+    first: dict[tuple[tuple[int, int, float], ...], str] = {}
+    return {name: first.setdefault(tuple(sorted((h.layer, h.head, float(r))
+                                                for h, r in a.items())), name)
+            for name, a in allocations.items()}
 

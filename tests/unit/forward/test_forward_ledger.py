@@ -174,3 +174,15 @@ def test_make_tiny_model_is_deterministic():
     """The fixtures above compare runs of one model; a second model would not be comparable."""
     a, b = make_tiny_model(), make_tiny_model()
     assert torch.equal(a.W_O, b.W_O)
+
+
+def test_equal_allocations_are_scored_once(tiny_model, tokens):
+    heads = [Head(ell, h) for ell in range(2) for h in range(4)]
+    half = dict.fromkeys(heads, 0.5)
+    alone = evaluate_allocations(tiny_model, tokens, {"a": half}, batch_size=4, progress=False)
+    with forward_ledger(tiny_model) as ledger:
+        both = evaluate_allocations(
+            tiny_model, tokens, {"a": half, "b": dict(half)}, batch_size=4, progress=False
+        )
+    assert both == {"a": alone["a"], "b": alone["a"]} and list(both) == ["a", "b"]
+    assert ledger.report().forwards == 4 and ledger.report().repeats == 0
