@@ -3,8 +3,9 @@
 The survival paper (§3.6, App. F) calibrates magnitude-pruning sparsity to the RTN INT6
 perplexity by a fixed six-step bisection on ``[0, 0.8]`` (probes 0.4, 0.2, 0.1, ...) and keeps
 the probe closest to the target. :func:`root_level` instead stops as soon as the value is within
-a stated tolerance, using the Illinois variant of regula falsi on ``log(value)`` (perplexity
-grows roughly exponentially with compression), with bisection as the fallback.
+a stated tolerance: it brackets the target in log-log coordinates (the rise of perplexity above
+the dense model's grows about as a power of the sparsity, a straight line there) and closes the
+bracket with scipy's TOMS 748 (Alefeld, Potra & Shi 1995), within 8 evaluations by default.
 
 ``evaluate`` is any ``Callable[[HookedTransformer], float]`` (perplexity, KL to the dense
 model ...); compute it on tokens held out from those used for feature statistics or calibration.
@@ -13,7 +14,8 @@ A search that stops short of its tolerance is not necessarily a poor match: prun
 model moves perplexity in steps, so the tolerance (a fraction of a gap that may itself be 0.1%
 of the perplexity) can be narrower than any step. :meth:`MatchResult.is_poor` calls a match
 poor only when it is also off by more than :data:`POOR_MATCH_RTOL` of the target value; only
-then is a warning logged.
+then is a warning logged. :attr:`MatchResult.stop` says why a search ended (within tolerance,
+target out of range, a step in the curve, or the evaluation budget spent).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+import scipy.optimize
 
 from cgc_lens.compress.context import compressed
 from cgc_lens.compress.operators.base import Operator
@@ -62,6 +66,11 @@ class MatchResult:
     """``"bisect"`` (the paper's fixed steps) or ``"root"`` (Illinois to a tolerance)."""
     converged: bool
     """Whether ``value`` is within the requested tolerance of ``target``."""
+    stop: Literal["converged", "range", "step", "budget"] | None = None
+    """Why the search ended: ``"converged"`` (within tolerance), ``"range"`` (the target lies
+    beyond the level interval; the nearer end is kept), ``"step"`` (the level bracket narrowed
+    below ``xtol``: the value jumps over the tolerance window), ``"budget"`` (the evaluations
+    or the bisection's steps ran out). ``None``: not recorded (a result saved before it was)."""
 
     @property
     def relative_error(self) -> float:
@@ -118,108 +127,169 @@ def bisect_level(
         else:
             lo = mid
     level, value = min(evaluations, key=lambda e: abs(e[1] - target))
+    converged = _within(value, target, rtol, atol)
     return MatchResult(level=level, value=value, target=target, evaluations=tuple(evaluations),
-                       method="bisect", converged=_within(value, target, rtol, atol))
+                       method="bisect", converged=converged,
+                       stop="converged" if converged else "budget")
+
+
+class _Stop(Exception):  # control flow out of scipy's toms748, not an error
+    """Raised inside the root finder's residual to stop it: tolerance met or budget spent."""
 
 
 class _Probes:
-    """The evaluations of one :func:`root_level` search, and the residual it roots."""
+    """The evaluations of one :func:`root_level` search and the residual it roots.
 
-    def __init__(self, f: Callable[[float], float], target: float, *, increasing: bool,
-                 rtol: float, atol: float) -> None:
-        self.f, self.target, self.rtol, self.atol = f, target, rtol, atol
+    With ``d = level - lo``, ``Δ(d) = ±(f(level) - f(lo))`` (the sign making it grow with ``d``)
+    and ``Δ* = ±(target - f(lo))``, the residual is ``h(d) = q^(1/P) - 1`` for ``q = Δ/Δ*``
+    (signed root): a value that rises as a power ``c·d^p`` of the distance from ``lo`` (pruning
+    error; ``p`` near :data:`_P`) is close to a straight line in ``d`` there, whatever its
+    curvature, and a ``Δ`` at noise level near ``d = 0`` stays a small number (a log would send
+    it to -inf and throw the interpolation off).
+    """
+
+    def __init__(self, f: Callable[[float], float], target: float, *, lo: float,
+                 increasing: bool, rtol: float, atol: float, max_evaluations: int) -> None:
+        self.f, self.target, self.lo, self.rtol, self.atol = f, target, lo, rtol, atol
         self.sign = 1.0 if increasing else -1.0
+        self.max_evaluations = max_evaluations
         self.evaluations: list[tuple[float, float]] = []
+        self.known: dict[float, float] = {}  # d -> h of every probe (scipy re-asks the ends)
+        self.anchor = self.gap = math.nan
 
-    def g(self, value: float) -> float:
-        """The residual: log-ratio to the target (difference when the target is not > 0)."""
-        target, sign = self.target, self.sign
-        if target > 0:
-            return sign * (math.log(value) - math.log(target)) if value > 0 else -sign * math.inf
-        return sign * (value - target)
+    def set_anchor(self, value_at_lo: float) -> None:
+        self.anchor = value_at_lo
+        self.gap = self.sign * (self.target - value_at_lo)
 
-    def probe(self, x: float) -> tuple[float, float]:
-        """Evaluate at ``x``; the value and its residual."""
+    def probe(self, x: float) -> float:
+        """Evaluate at level ``x``; stop the search once the value is within tolerance."""
+        if len(self.evaluations) >= self.max_evaluations:
+            raise _Stop("budget")
         value = float(self.f(x))
         self.evaluations.append((x, value))
-        return value, self.g(value)
+        if self.within(value):
+            raise _Stop("converged")
+        return value
+
+    def h(self, d: float) -> float:
+        """The residual at ``d = level - lo`` (probing the model unless known)."""
+        d = float(d)  # scipy passes numpy floats
+        if d not in self.known:
+            q = self.sign * (self.probe(self.lo + d) - self.anchor) / self.gap
+            self.known[d] = math.copysign(abs(q) ** (1 / _P), q) - 1
+        return self.known[d]
 
     def within(self, value: float) -> bool:
         return _within(value, self.target, self.rtol, self.atol)
 
-    def result(self, level: float, value: float, converged: bool) -> MatchResult:
-        """The result at ``level``; without convergence, the closest probe instead."""
-        if not converged:
+    def result(self, stop: str) -> MatchResult:
+        """The result: the converged probe (the last), else the closest probe."""
+        if stop == "converged":
+            level, value = self.evaluations[-1]
+        else:
             level, value = min(self.evaluations, key=lambda e: abs(e[1] - self.target))
         return MatchResult(level=level, value=value, target=self.target,
                            evaluations=tuple(self.evaluations), method="root",
-                           converged=converged)
+                           converged=stop == "converged", stop=stop)  # type: ignore[arg-type]
+
+
+# Magnitude pruning raises perplexity about as d^p near the INT6 match: p ≈ 2.4-2.9 on
+# cgc-tiny, 3.4-3.9 on the paper's App. F curves. _P straightens that; a bracketing step aims
+# _MARGIN (in h, ~25% in Δ) past the target so that it lands on the far side: a bracket, which
+# toms748 then closes in a few steps on a near-straight residual.
+_P, _MARGIN = 2.5, 0.1
 
 
 def root_level(
     f: Callable[[float], float], target: float, *, lo: float = 0.0, hi: float = 0.8,
-    increasing: bool = True, rtol: float = 0.005, atol: float = 0.0, max_evaluations: int = 12,
+    increasing: bool = True, rtol: float = 0.005, atol: float = 0.0, max_evaluations: int = 8,
     value_at_lo: float | None = None, xtol: float = 1e-4,
 ) -> MatchResult:
     """Find a level whose value is within ``max(rtol * |target|, atol)`` of ``target``.
 
-    Brackets ``[lo, hi]`` (``value_at_lo`` saves the evaluation at ``lo``, e.g. the dense
-    model's perplexity), then steps by Illinois regula falsi on ``log(value)`` (on the value
-    itself when values can be 0 or negative). If the target lies outside the bracket, the
-    nearer end is returned with ``converged=False``; so is the closest probe when the bracket
-    shrinks below ``xtol`` (pruning a small model changes in steps that may jump the target).
+    ``f`` must move monotonically away from ``f(lo)`` as the level leaves ``lo``
+    (``increasing``: upwards). The search brackets the target from a first probe at a quarter
+    of ``[lo, hi]`` on a residual that straightens a power-law rise
+    (``((f - f(lo)) / (target - f(lo)))^(1/2.5) - 1``, :class:`_Probes`), then runs scipy's
+    TOMS 748 inside the bracket, stopping at the first probe within tolerance. ``value_at_lo`` (e.g.
+    the dense model's perplexity) saves the evaluation at ``lo``; it is listed in
+    ``evaluations`` and counts against ``max_evaluations`` like a probe.
+
+    When it cannot reach the tolerance the result says why (:attr:`MatchResult.stop`) and holds
+    the closest probe with ``converged=False``: ``"range"`` when the target lies beyond
+    ``[lo, hi]`` (the nearer end is returned), ``"step"`` when the bracket shrank below ``xtol``
+    (pruning a small model moves the value in steps that may jump the target), ``"budget"``
+    when ``max_evaluations`` were spent. A warning is logged if the miss is poor
+    (:meth:`MatchResult.is_poor`).
 
     Example:
         >>> r = root_level(lambda s: 10 * math.exp(8 * s * s), 40.0, rtol=0.001)
-        >>> round(r.level, 3), r.converged, r.n_evaluations <= 8
-        (0.416, True, True)
+        >>> round(r.level, 3), r.converged, r.n_evaluations <= 8, r.stop
+        (0.416, True, True, 'converged')
     """
     _check(target, lo, hi)
-    probes = _Probes(f, target, increasing=increasing, rtol=rtol, atol=atol)
-    if value_at_lo is None:
-        va, ga = probes.probe(lo)
-    else:
-        va, ga = float(value_at_lo), probes.g(float(value_at_lo))
-        probes.evaluations.append((lo, va))
-    if probes.within(va) or ga > 0:
-        return probes.result(lo, va, probes.within(va))
-    vb, gb = probes.probe(hi)
-    if probes.within(vb) or gb < 0:
-        return probes.result(hi, vb, probes.within(vb))
-    return _illinois(probes, (lo, ga), (hi, gb, vb), max_evaluations=max_evaluations, xtol=xtol)
-
-
-def _illinois(
-    probes: _Probes, low: tuple[float, float], high: tuple[float, float, float], *,
-    max_evaluations: int, xtol: float,
-) -> MatchResult:
-    """Illinois regula falsi inside a bracket: ``low = (a, g(a))``, ``high = (b, g(b), f(b))``."""
-    (a, ga), (b, gb, vb) = low, high
-    side, x, vx = 0, b, vb
-    while len(probes.evaluations) < max_evaluations and b - a > xtol:
-        x = b - gb * (b - a) / (gb - ga) if math.isfinite(ga) and math.isfinite(gb) else math.nan
-        if not a < x < b:
-            x = (a + b) / 2
-        vx, gx = probes.probe(x)
-        if probes.within(vx):
-            return probes.result(x, vx, True)
-        if gx > 0:
-            b, gb = x, gx
-            if side == 1:  # Illinois: the stale end's value is halved so it moves next time
-                ga /= 2
-            side = 1
+    if max_evaluations < 1:
+        raise CgcLensError(f"max_evaluations must be at least 1, got {max_evaluations}.")
+    probes = _Probes(f, target, lo=lo, increasing=increasing, rtol=rtol, atol=atol,
+                     max_evaluations=max_evaluations)
+    try:
+        if value_at_lo is None:
+            value_at_lo = probes.probe(lo)
         else:
-            a, ga = x, gx
-            if side == -1:
-                gb /= 2
-            side = -1
-    result = probes.result(x, vx, False)
-    logger.log(logging.WARNING if result.is_poor() else logging.DEBUG,
-               "root_level stopped after %d evaluations (bracket %.3g wide) without reaching the "
-               "tolerance; closest %+.4f%% off the target.", len(probes.evaluations), b - a,
-               100 * result.relative_error)
+            probes.evaluations.append((lo, float(value_at_lo)))
+            if probes.within(float(value_at_lo)):
+                raise _Stop("converged")
+        probes.set_anchor(float(value_at_lo))
+        if not probes.gap > 0:  # the target is on the other side of f(lo): nothing to search
+            raise _Stop("range")
+        below, above = _bracket(probes, hi - lo)
+        scipy.optimize.toms748(probes.h, below, above, xtol=xtol, rtol=1e-12, maxiter=100)
+        stop = "step"  # scipy closed the bracket on no probe within tolerance
+    except _Stop as why:
+        stop = str(why)
+    result = probes.result(stop)
+    if not result.converged:
+        logger.log(logging.WARNING if result.is_poor() else logging.DEBUG,
+                   "root_level stopped after %d evaluations without reaching the tolerance "
+                   "(%s); closest %+.4f%% off the target.", len(probes.evaluations),
+                   _STOPS[stop], 100 * result.relative_error)
     return result
 
+
+def _bracket(probes: _Probes, d_max: float) -> tuple[float, float]:
+    """``(d_below, d_above)`` with ``h`` below and above 0, stepping from ``d = d_max / 4``.
+
+    Each step follows the line through the last two probes, or through the last one and the
+    anchor (``h = -1`` at ``d = 0``), aiming :data:`_MARGIN` past the target; a probe whose
+    value has not left the anchor's doubles ``d``. Raises ``_Stop("range")`` if the value at
+    ``d_max`` (``hi``) is still short of the target.
+    """
+    below: float | None = None
+    above: float | None = None
+    d, prev = d_max / 4, (0.0, -1.0)
+    while below is None or above is None:
+        h = probes.h(d)
+        if h > 0:
+            above = d  # each step leaves the last probe towards the target: the newest bounds
+        elif d >= d_max:
+            raise _Stop("range")
+        else:
+            below = d
+        slope = (h - prev[1]) / (d - prev[0])
+        if not slope > 0:  # the last two probes do not rise: use the anchor's line
+            slope = (h + 1) / d
+        aim = -_MARGIN if h > 0 else _MARGIN
+        d_next = d + (aim - h) / slope if slope > 0 else 2 * d
+        prev, d = (d, h), min(max(d_next, d / 8), d_max)
+    return below, above
+
+
+_STOPS = {
+    "converged": "within tolerance",
+    "range": "the target lies beyond the level interval",
+    "step": "the level bracket narrowed below xtol: the value jumps over the tolerance window",
+    "budget": "the evaluation budget is spent",
+}
 
 def measure(
     model: HookedTransformer, plan_or_operator: Plan | Step | Operator,
@@ -234,7 +304,7 @@ def match_level(
     model: HookedTransformer, operator: Operator, evaluate: Callable[[HookedTransformer], float],
     target: float, *, targets: Targets | None = None, method: Literal["bisect", "root"] = "root",
     lo: float = 0.0, hi: float = 0.8, steps: int = 6, rtol: float = 0.005, atol: float = 0.0,
-    max_evaluations: int = 12, value_at_lo: float | None = None, xtol: float = 1e-4,
+    max_evaluations: int = 8, value_at_lo: float | None = None, xtol: float = 1e-4,
     progress: bool = False, desc: str = "matched search",
 ) -> MatchResult:
     """The level of ``operator`` at which ``evaluate`` matches ``target``.
@@ -245,13 +315,15 @@ def match_level(
         evaluate: model → value (perplexity, KL ...), on held-out tokens.
         target: the value to match, e.g. ``measure(model, RTN(6), evaluate)``.
         targets: which weights the operator edits (default: the operator's default).
-        method: ``"root"`` (to ``rtol``/``atol``) or ``"bisect"`` (the paper's ``steps``).
+        method: ``"root"`` (to ``rtol``/``atol``, :func:`root_level`) or ``"bisect"`` (the
+            paper's ``steps``).
         lo: lower end of the level interval.
         hi: upper end of the level interval (the paper uses 0.8 for sparsity).
         steps: bisection steps.
         rtol: relative tolerance on the value.
         atol: absolute tolerance on the value (useful when matching a KL near 0).
-        max_evaluations: evaluation budget of the root finder.
+        max_evaluations: evaluation budget of the root finder (a supplied ``value_at_lo``
+            counts as one).
         value_at_lo: ``evaluate`` at ``lo`` if already known (root finder only).
         xtol: the root finder gives up once the level bracket is narrower than this.
         progress: show a bar over the evaluations (at most ``max_evaluations`` or ``steps``).

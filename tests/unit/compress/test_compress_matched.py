@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
+import logging
 import math
 
 import numpy as np
 import pytest
+import scipy.optimize
 import torch
 
 from cgc_lens.compress import (
     RTN,
     HeadPrune,
     MagnitudePrune,
+    MatchResult,
     bisect_level,
     match_level,
     measure,
@@ -103,3 +109,60 @@ def test_match_level_on_a_model_restores_it(tiny_model):
     assert not stepwise.converged and stepwise.n_evaluations < 20
     with pytest.raises(CgcLensError, match="no scalar level"):
         match_level(tiny_model, HeadPrune({Head(0, 0): 0.5}), kl, target)
+
+
+@pytest.mark.parametrize("p", [1.5, 2.5, 4.0])
+@pytest.mark.parametrize("s_star", [0.05, 0.15, 0.4])
+def test_root_finder_within_8_evaluations_on_power_law_curves(p, s_star):
+    """Perplexity rising as a power of the sparsity (the matched search's curve): the
+    tolerance is met within 8 counted evaluations, at the level scipy's brentq finds."""
+    calls = []
+
+    def f(s):
+        calls.append(s)
+        return 22.4 + 40.0 * s**p
+
+    target, atol = f(s_star), 0.05 * (f(s_star) - 22.4)  # 5% of the gap, as the study asks
+    calls.clear()
+    result = root_level(f, target, rtol=0.0, atol=atol, value_at_lo=22.4)
+    assert result.converged and result.stop == "converged" and abs(result.value - target) <= atol
+    assert len(calls) == result.n_evaluations - 1 <= 7  # the supplied value is listed, not run
+    window = [scipy.optimize.brentq(lambda s, t=t: 22.4 + 40.0 * s**p - t, 0.0, 0.8)
+              for t in (target - atol, target + atol)]
+    assert window[0] <= result.level <= window[1]
+
+
+def test_root_finder_says_why_it_stops_short(caplog):
+    with caplog.at_level(logging.WARNING, logger="cgc_lens.compress.matched"):
+        beyond = root_level(lambda s: 10 + s, 50.0)  # f(hi) = 10.8 is short of the target
+    assert beyond.stop == "range" and not beyond.converged and beyond.level == 0.8
+    assert "beyond the level interval" in caplog.text
+    below = root_level(lambda s: 10 + s, 5.0)  # below f(lo): nothing to search
+    assert below.stop == "range" and below.level == 0.0 and below.n_evaluations == 1
+    # a jump over the tolerance window: the bracket closes on the jump, 0.3 up to xtol
+    jump = root_level(lambda s: 1.0 + float(s > 0.3), 1.5, atol=0.1, max_evaluations=40)
+    assert jump.stop == "step" and not jump.converged and jump.n_evaluations < 40
+    levels = sorted(lvl for lvl, _ in jump.evaluations)
+    gap = min(b - a for a, b in itertools.pairwise(levels) if a <= 0.3 < b)
+    assert gap <= 1e-4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cgc_lens.compress.matched"):
+        spent = root_level(lambda s: 10 * math.exp(8 * s * s), 40.0, rtol=1e-9,
+                           max_evaluations=3)
+    assert spent.stop == "budget" and spent.n_evaluations == 3 and not spent.converged
+    assert "evaluation budget is spent" in caplog.text and spent.is_poor()
+    assert abs(spent.value - 40.0) == min(abs(v - 40.0) for _, v in spent.evaluations)
+    with pytest.raises(CgcLensError, match="max_evaluations"):
+        root_level(lambda s: s, 0.5, max_evaluations=0)
+
+
+def test_stop_is_recorded_by_bisection_and_survives_a_round_trip():
+    fixed = bisect_level(curve(PYTHIA), PYTHIA[2], rtol=1e-6)
+    assert fixed.stop == "budget" and not fixed.converged
+    loose = bisect_level(curve(PYTHIA), PYTHIA[2], rtol=0.05)
+    assert loose.stop == "converged"
+    saved = json.loads(json.dumps(dataclasses.asdict(fixed)))  # as results.json stores it
+    back = MatchResult(**{**saved, "evaluations": tuple(map(tuple, saved["evaluations"]))})
+    assert back == fixed
+    old = {k: v for k, v in saved.items() if k != "stop"}  # a result saved before the field
+    assert MatchResult(**{**old, "evaluations": ()}).stop is None
