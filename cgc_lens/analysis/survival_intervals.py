@@ -122,33 +122,46 @@ def survival_intervals(
     thresholds = SurvivalThresholds() if thresholds is None else thresholds
     n = pearson.n_groups
     if n < 2 or reference.n_groups != n:
-        raise CgcLensError(f"Jackknife intervals need accumulators with the same n_groups >= 2, "
-                           f"got {n} (pearson) and {reference.n_groups} (reference).")
+        raise CgcLensError(
+            f"Jackknife intervals need accumulators with the same n_groups >= 2, "
+            f"got {n} (pearson) and {reference.n_groups} (reference)."
+        )
     pooled = _statistics(pearson, reference, thresholds, flat_other)
-    reps = [_statistics(pearson.leave_one_out(g), reference.leave_one_out(g), thresholds,
-                        flat_other) for g in range(n)]
+    reps = [
+        _statistics(pearson.leave_one_out(g), reference.leave_one_out(g), thresholds, flat_other)
+        for g in range(n)
+    ]
     out = {}
     for name in SURVIVAL_STATS:
         se, low, high = jackknife_interval(
-            pooled[name], np.array([rep[name] for rep in reps]), confidence=confidence,
-            bounds=_BOUNDS.get(name, (0.0, 100.0)))
+            pooled[name],
+            np.array([rep[name] for rep in reps]),
+            confidence=confidence,
+            bounds=_BOUNDS.get(name, (0.0, 100.0)),
+        )
         out[name] = (float(se), float(low), float(high))
     r_reps = np.stack([rep["r"] for rep in reps])
-    r_iv = np.stack(jackknife_interval(pooled["r"], r_reps, confidence=confidence,
-                                       bounds=(-1.0, 1.0)))
+    r_iv = np.stack(
+        jackknife_interval(pooled["r"], r_reps, confidence=confidence, bounds=(-1.0, 1.0))
+    )
     r_iv[:, ~np.isfinite(pooled["r"]) | ~np.isfinite(r_reps).all(0)] = np.nan
     return SurvivalIntervals(n_groups=n, confidence=confidence, stats=out, r=r_iv)
 
 
-def _statistics(pearson: PearsonAccumulator, reference: ReferenceAccumulator,
-                thresholds: SurvivalThresholds, flat_other: str) -> dict[str, object]:
+def _statistics(
+    pearson: PearsonAccumulator,
+    reference: ReferenceAccumulator,
+    thresholds: SurvivalThresholds,
+    flat_other: str,
+) -> dict[str, object]:
     """r and the Table 1 statistics of one set of sums (NaN where no feature is classified)."""
     r = pearson.pearson(flat_other=flat_other)  # type: ignore[arg-type]
     ref = reference.stats()
     active = active_features(ref.firing_rate, thresholds.active_rate)
     try:
-        row = summarize_condition("", r, active, tokens=pearson.n_tokens, thresholds=thresholds,
-                                  constant=ref.constant)
+        row = summarize_condition(
+            "", r, active, tokens=pearson.n_tokens, thresholds=thresholds, constant=ref.constant
+        )
     except CgcLensError:  # no classified feature without this group: the statistic is undefined
         return {"r": r, **dict.fromkeys(SURVIVAL_STATS, np.nan)}
     return {"r": r, **{name: getattr(row, name) for name in SURVIVAL_STATS}}

@@ -138,6 +138,9 @@ class SurvivalResult:
     """Matched-pruning searches by condition name (App. F)."""
     info: dict[str, Any]
     """Run facts: model, SAE, d_sae, token counts, timings, cache use."""
+    r_intervals: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Per condition, ``[3, d_sae]``: each feature's r jackknife SE, 95% interval low and high
+    (empty without groups; see :mod:`cgc_lens.analysis.survival_intervals`)."""
 
     def to_frame(self) -> pd.DataFrame:
         """Table 1 as a DataFrame (every :class:`ConditionSummary` field, Table 1 first)."""
@@ -161,6 +164,10 @@ class SurvivalResult:
                               constant=self.reference.constant)
         table.insert(2, "peak_activation", self.reference.peak_activation)
         table.insert(3, "mean_when_firing", self.reference.mean_when_firing)
+        for name, iv in self.r_intervals.items():  # ± columns right after the condition's r
+            at = table.columns.get_loc(f"r[{name}]") + 1
+            for k, col in enumerate(("r_se", "r_ci_low", "r_ci_high")):
+                table.insert(at + k, f"{col}[{name}]", iv[k])
         return table.reset_index()
 
     def _scatter_pair(self) -> tuple[str, str] | None:
@@ -249,6 +256,7 @@ class SurvivalResult:
         arrays.update({f"reference/{k}": np.asarray(getattr(self.reference, k))
                        for k in _REF_FIELDS})
         arrays["active"] = self.active.astype(np.uint8)
+        arrays.update({f"r_intervals/{k}": np.asarray(v) for k, v in self.r_intervals.items()})
         for c in self.fragility.roc_curves if self.fragility else ():
             arrays[f"roc/{c.fold}/fpr"], arrays[f"roc/{c.fold}/tpr"] = c.fpr, c.tpr
         intro = (f"Feature-survival audit of **{self.info.get('model')}** read out at "
@@ -307,7 +315,9 @@ class SurvivalResult:
                    reference=ref, active=a["active"].astype(bool), read_out=p["read_out"],
                    overlaps=tuple(OverlapResult(**o) for o in p["overlaps"]),
                    deciles=t["deciles"], fragility=frag, fragility_note=p["fragility_note"],
-                   stability=stability, matches=matches, info=p["info"])
+                   stability=stability, matches=matches, info=p["info"],
+                   r_intervals={row.name: a[f"r_intervals/{row.name}"] for row in rows
+                                if f"r_intervals/{row.name}" in a})
 
     def __repr__(self) -> str:
         rows = ", ".join(f"{c.name}: {c.survived_pct:.1f}%" for c in self.conditions)

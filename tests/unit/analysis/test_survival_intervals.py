@@ -35,8 +35,9 @@ def test_groups_sum_to_pooled_and_pooled_is_unchanged():
     ref = ReferenceAccumulator(12, n_groups=5).update(x, groups=g)
     rs = ref.state_dict()
     assert torch.equal(rs["group_fire_count"].sum(0), rs["fire_count"])
-    torch.testing.assert_close(rs["group_sum_sq_firing"].sum(0), rs["sum_sq_firing"],
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        rs["group_sum_sq_firing"].sum(0), rs["sum_sq_firing"], rtol=1e-12, atol=0
+    )
     assert "group_max_act" not in rs
 
 
@@ -45,10 +46,12 @@ def test_group_fields_merge_by_summing_through_state_dict():
     equal one pass; from_sums takes the state back."""
     x, y, g = data()
     whole = PearsonAccumulator(12, n_groups=5).update(x, y, groups=g)
-    halves = [PearsonAccumulator(12, n_groups=5).update(x[i::2], y[i::2], groups=g[i::2])
-              for i in (0, 1)]
-    summed = {k: halves[0].state_dict()[k] + halves[1].state_dict()[k]
-              for k in halves[0].state_dict()}
+    halves = [
+        PearsonAccumulator(12, n_groups=5).update(x[i::2], y[i::2], groups=g[i::2]) for i in (0, 1)
+    ]
+    summed = {
+        k: halves[0].state_dict()[k] + halves[1].state_dict()[k] for k in halves[0].state_dict()
+    }
     back = PearsonAccumulator.from_sums(**summed)
     for k, v in whole.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v, rtol=1e-12, atol=0)
@@ -63,8 +66,9 @@ def test_leave_one_out_is_the_accumulator_of_the_other_groups():
     acc = PearsonAccumulator(12, n_groups=5).update(x, y, groups=g)
     for k in range(5):
         fresh = PearsonAccumulator(12).update(x[g != k], y[g != k])
-        np.testing.assert_allclose(acc.leave_one_out(k).pearson(), fresh.pearson(),
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            acc.leave_one_out(k).pearson(), fresh.pearson(), rtol=0, atol=1e-12
+        )
     ref = ReferenceAccumulator(12, n_groups=5).update(x, groups=g)
     fresh = ReferenceAccumulator(12).update(x[g != 2]).stats()
     assert (ref.leave_one_out(2).stats().fire_count == fresh.fire_count).all()
@@ -104,7 +108,8 @@ def test_intervals_match_a_naive_jackknife_loop():
         se = np.sqrt(4 / 5 * ((vals - vals.mean()) ** 2).sum())
         assert iv.stats[name][0] == pytest.approx(se, rel=1e-9, abs=1e-12)
         assert iv.stats[name][2] == pytest.approx(
-            min(getattr(row, name) + t * se, 1.0 if "corr" in name else 100.0), rel=1e-9)
+            min(getattr(row, name) + t * se, 1.0 if "corr" in name else 100.0), rel=1e-9
+        )
     r_reps = np.stack([r for r, _ in reps])
     se_r = np.sqrt(4 / 5 * ((r_reps - r_reps.mean(0)) ** 2).sum(0))
     np.testing.assert_allclose(iv.r[0], se_r, rtol=1e-8, atol=1e-14)
