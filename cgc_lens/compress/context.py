@@ -50,7 +50,7 @@ __all__ = ["CompressionRecord", "TensorRecord", "compress_permanently_", "compre
 logger = logging.getLogger(__name__)
 
 _ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[_Block]] = weakref.WeakKeyDictionary()
-_CLOSE_TRIES = 100  # exits retried after a KeyboardInterrupt that came before signals were held
+_CLOSE_TRIES = 100  # exits retried after an interrupt that came before signals were held
 
 
 _Resolved = list[tuple[Operator, list[WeightRef], list[nn.Parameter]]]
@@ -155,6 +155,7 @@ class _Block:
         self.record: CompressionRecord | None = None
         self._snapshot: Snapshot | None = None
         self._state = "new"
+        self._restoring = False  # True once a close holds the signals: its errors are its own
         self._grad = True
 
     def __enter__(self) -> CompressionRecord:
@@ -198,6 +199,7 @@ class _Block:
     def _close(self) -> None:
         """Put the weights back (inner blocks first) with signals held, then unregister."""
         with deferred_signals():
+            self._restoring = True
             stack = _ACTIVE.get(self.model, [])
             while self in stack and stack[-1] is not self:  # an outer block closes inner ones
                 logger.warning("Closing a nested compressed(...) block before its outer one.")
@@ -230,22 +232,23 @@ class _Block:
             if self._state == "open":
                 self._close()
             return
-        except KeyboardInterrupt as err:
-            if self._state == "closed":  # delivered once the weights were back
-                raise
-            first = err
+        except BaseException as err:
+            if self._state == "closed" or self._restoring:  # delivered once the weights were
+                raise  # back, or the restore's own error (the block stays registered)
+            first = err  # a signal handler's exception before the signals were held
         self._retry_close(first)
 
-    def _retry_close(self, interrupt: KeyboardInterrupt | None) -> None:
-        """:meth:`_close` until the block is closed, then raise ``interrupt`` (a
-        KeyboardInterrupt that landed before the signals were held) if there was one."""
+    def _retry_close(self, interrupt: BaseException | None) -> None:
+        """:meth:`_close` until the block is closed, then raise ``interrupt`` (what a signal
+        handler raised before the signals were held: KeyboardInterrupt, or a user handler's
+        own exception) if there was one."""
         for _ in range(_CLOSE_TRIES):
             try:
                 if self._state != "closed":
                     self._close()
                 break
-            except KeyboardInterrupt as err:
-                if self._state == "closed":
+            except BaseException as err:
+                if self._state == "closed" or self._restoring:
                     raise
                 interrupt = interrupt or err
         if interrupt is not None:

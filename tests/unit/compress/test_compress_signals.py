@@ -5,7 +5,11 @@ A child process runs ``with compressed(...)`` blocks in a loop on a tiny model (
 After each burst the child checks, once the interrupt has been handled, that every parameter is
 bit-equal to before and the same object, grad mode is unchanged and no block is left open, and
 reports a verdict line. The one documented gap (a signal handled exactly on entry to
-``__exit__``) would leave a block open: the child then calls ``restore_all_`` and reports it.
+``__exit__``, or to the retry an interrupted ``__enter__`` makes, where Python runs pending
+signal handlers before any ``try`` can catch what they raise) would leave a block open: the
+child then calls ``restore_all_`` and reports where the handler's exception was raised; the test
+requires every block left open to come from exactly that place (measured: about 1 burst in 130
+on a loaded 2-core machine), and the weights back after ``restore_all_``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[2]
 
 CHILD = r"""
-import json, signal, sys, time
+import json, signal, sys, time, traceback
 sys.path.insert(0, sys.argv[1])
 import torch
 from conftest import make_tiny_model
 from cgc_lens.compress import RTN, LowRank, MagnitudePrune, Plan, Targets, compressed, restore_all_
-from cgc_lens.compress.context import _ACTIVE
+from cgc_lens.compress.context import _ACTIVE, _Block
+
+ENTRIES = {_Block.__exit__.__code__.co_firstlineno, _Block._retry_close.__code__.co_firstlineno}
 
 class Terminated(Exception):
     pass
@@ -62,9 +68,12 @@ for run in range(int(sys.argv[2])):
     except (KeyboardInterrupt, Terminated) as err:
         armed = False
         caught = type(err).__name__
+        ours = [f for f in traceback.extract_tb(err.__traceback__)
+                if f.filename.endswith("context.py")]
+        at_entry = bool(ours) and ours[-1].lineno in ENTRIES
     time.sleep(0.02)  # the rest of the burst arrives and is ignored
     verdict = {"caught": caught, "blocks": i, "grad": torch.is_grad_enabled(),
-               "stale": len(_ACTIVE.get(model) or [])}
+               "stale": len(_ACTIVE.get(model) or []), "at_entry": at_entry}
     if verdict["stale"]:
         restore_all_(model)
     verdict["same_objects"] = all(a is b for a, b in zip(model.parameters(), params))
@@ -103,7 +112,9 @@ def test_random_signals_never_leave_a_weight_changed(tmp_path):
             child.kill()
     bad = [v for v in verdicts if not (v["grad"] and v["equal"] and v["same_objects"])]
     assert not bad, bad
-    stale = sum(v["stale"] > 0 for v in verdicts)
-    print(f"\n{len(verdicts)} signal bursts: {stale} left a block open (then restore_all_), "
-          f"{sum(v['blocks'] for v in verdicts)} blocks run")
-    assert stale <= 1, verdicts
+    stale = [v for v in verdicts if v["stale"] > 0]
+    print(f"\n{len(verdicts)} signal bursts: {len(stale)} left a block open (then restore_all_),"
+          f" {sum(v['blocks'] for v in verdicts)} blocks run")
+    # only the documented gap leaves a block open: a handler run on entry to __exit__ (or to the
+    # retry of an interrupted __enter__), before its try; anywhere else the close is retried
+    assert all(v["at_entry"] for v in stale), stale
