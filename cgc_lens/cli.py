@@ -302,10 +302,13 @@ def run_study(name: str, args: argparse.Namespace) -> int:
     no other run writing it), build the config, run the study holding ``--out``'s lock, save
     the result there whole, print its table. ``--quiet`` (``--no-progress``) turns off every
     progress bar of the run."""
+    from cgc_lens.distributed.logs import ran_on_other_rank
     from cgc_lens.io import check_out_dir, folder_lock
     from cgc_lens.progress import progress_scope
 
     cmd, overwrite = STUDIES[name], getattr(args, "overwrite", False)
+    if ran_on_other_rank(args.out, lambda: cmd.run(study_config(name, args))):
+        return 0  # under torchrun: ranks > 0 ran it logging to a file; rank 0 writes, prints
     check_out_dir(args.out, overwrite=overwrite)
     config = study_config(name, args)
     with folder_lock(args.out), progress_scope(getattr(args, "progress", True) is not False):
