@@ -134,6 +134,7 @@ def two_ranks(tmp_path_factory) -> tuple[list[dict], list[Path]]:
     return ranks, outs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", [0, 1, 2], ids=["uneven", "empty-rank", "by-conditions"])
 def test_two_ranks_equal_one_process(index, two_ranks, _cgc_tiny_cached, tmp_path):
     ranks, outs = two_ranks
@@ -154,6 +155,7 @@ def test_two_ranks_equal_one_process(index, two_ranks, _cgc_tiny_cached, tmp_pat
     _same_folders(single.save(tmp_path / "one"), outs[index])
 
 
+@pytest.mark.slow
 def test_a_failing_rank_stops_both_with_its_message():
     t0 = time.monotonic()
     with pytest.raises(CgcLensError, match="rank 1 of 2 failed: CgcLensError: injected failure"):
