@@ -3,9 +3,9 @@
 The survival paper (§3.6, App. F) calibrates magnitude-pruning sparsity to the RTN INT6
 perplexity by a fixed six-step bisection on ``[0, 0.8]`` (probes 0.4, 0.2, 0.1, ...) and keeps
 the probe closest to the target. :func:`root_level` instead stops as soon as the value is within
-a stated tolerance: it brackets the target in log-log coordinates (the rise of perplexity above
-the dense model's grows about as a power of the sparsity, a straight line there) and closes the
-bracket with scipy's TOMS 748 (Alefeld, Potra & Shi 1995), within 8 evaluations by default.
+a stated tolerance: it brackets the target by steps that assume the rise of perplexity above
+the dense model's grows as a power of the sparsity, and closes the bracket with scipy's TOMS 748
+(Alefeld, Potra & Shi 1995), within 8 evaluations by default.
 
 ``evaluate`` is any ``Callable[[HookedTransformer], float]`` (perplexity, KL to the dense
 model ...); compute it on tokens held out from those used for feature statistics or calibration.
@@ -242,8 +242,10 @@ def root_level(
         probes.set_anchor(float(value_at_lo))
         if not probes.gap > 0:  # the target is on the other side of f(lo): nothing to search
             raise _Stop("range")
-        below, above = _bracket(probes, hi - lo)
-        scipy.optimize.toms748(probes.h, below, above, xtol=xtol, rtol=1e-12, maxiter=100)
+        below, above = _bracket(probes, hi - lo)  # in that order when f is monotone; noise
+        # near the target may swap them, and toms748 needs an interval
+        scipy.optimize.toms748(probes.h, min(below, above), max(below, above), xtol=xtol,
+                               rtol=1e-12, maxiter=100)
         stop = "step"  # scipy closed the bracket on no probe within tolerance
     except _Stop as why:
         stop = str(why)
@@ -290,6 +292,7 @@ _STOPS = {
     "step": "the level bracket narrowed below xtol: the value jumps over the tolerance window",
     "budget": "the evaluation budget is spent",
 }
+
 
 def measure(
     model: HookedTransformer, plan_or_operator: Plan | Step | Operator,
