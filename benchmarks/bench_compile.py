@@ -30,8 +30,11 @@ import time
 import torch
 from common import add_smoke, get_model, smoke
 
-SHAPES = {"gpt2-small-shape": dict(n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072,
-                                   d_vocab=50257, n_ctx=1024)}
+SHAPES = {
+    "gpt2-small-shape": dict(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=1024
+    )
+}
 
 
 def cpu_seconds(fn, reps: int) -> float:
@@ -49,13 +52,15 @@ def _cpu_with_children() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def bench(name: str, *, batch: int, pos: int, reps: int, backend: str,
-          skip_compiled: bool = False) -> dict[str, object]:
+def bench(
+    name: str, *, batch: int, pos: int, reps: int, backend: str, skip_compiled: bool = False
+) -> dict[str, object]:
     import torch._dynamo
 
     name, model = get_model(name, SHAPES)
-    tokens = torch.randint(0, model.cfg.d_vocab, (batch, pos),
-                           generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(0)
+    )
     hook = f"blocks.{model.cfg.n_layers // 2}.hook_resid_post"
     read: list[torch.Tensor] = []
 
@@ -89,7 +94,9 @@ def bench(name: str, *, batch: int, pos: int, reps: int, backend: str,
             out[f"{what}_speedup"] = out[f"{what}_eager_s"] / out[f"{what}_compiled_s"]
             out[f"{what}_break_even_calls"] = (
                 out[f"{what}_compile_s"] / (out[f"{what}_eager_s"] - out[f"{what}_compiled_s"])
-                if out[f"{what}_eager_s"] > out[f"{what}_compiled_s"] else None)
+                if out[f"{what}_eager_s"] > out[f"{what}_compiled_s"]
+                else None
+            )
     return out
 
 
@@ -104,8 +111,19 @@ def main() -> None:
     args = smoke(parser.parse_args(), models=["cgc-tiny"], batch=1, pos=16, reps=1)
     torch.set_num_threads(1)
     for name in args.models:
-        print(json.dumps(bench(name, batch=args.batch, pos=args.pos, reps=args.reps,
-                               backend=args.backend, skip_compiled=args.smoke)), flush=True)
+        print(
+            json.dumps(
+                bench(
+                    name,
+                    batch=args.batch,
+                    pos=args.pos,
+                    reps=args.reps,
+                    backend=args.backend,
+                    skip_compiled=args.smoke,
+                )
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,32 @@ import torch
 from common import add_smoke, smoke
 
 SHAPES = {
-    "gpt2-medium-shape": dict(n_layers=24, d_model=1024, n_heads=16, d_head=64, d_mlp=4096,
-                              d_vocab=50257, n_ctx=1024, act_fn="gelu_new",
-                              normalization_type="LN", d_sae=16384),
-    "gemma-2-2b-2l": dict(n_layers=2, d_model=2304, n_heads=8, d_head=256, n_key_value_heads=4,
-                          d_mlp=9216, gated_mlp=True, d_vocab=4096, n_ctx=1024,
-                          act_fn="gelu_pytorch_tanh", normalization_type="RMS", d_sae=16384),
+    "gpt2-medium-shape": dict(
+        n_layers=24,
+        d_model=1024,
+        n_heads=16,
+        d_head=64,
+        d_mlp=4096,
+        d_vocab=50257,
+        n_ctx=1024,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        d_sae=16384,
+    ),
+    "gemma-2-2b-2l": dict(
+        n_layers=2,
+        d_model=2304,
+        n_heads=8,
+        d_head=256,
+        n_key_value_heads=4,
+        d_mlp=9216,
+        gated_mlp=True,
+        d_vocab=4096,
+        n_ctx=1024,
+        act_fn="gelu_pytorch_tanh",
+        normalization_type="RMS",
+        d_sae=16384,
+    ),
 }
 
 
@@ -63,8 +83,9 @@ def median_cpu(fn, reps: int) -> float:
 def bench(name: str, *, batch: int, pos: int, reps: int) -> dict[str, object]:
     model, d_sae = model_of(name)
     n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
-    tokens = torch.randint(0, model.cfg.d_vocab, (batch, pos),
-                           generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(
+        0, model.cfg.d_vocab, (batch, pos), generator=torch.Generator().manual_seed(0)
+    )
     n = batch * pos
     blocks = median_cpu(lambda: model(tokens, stop_at_layer=n_layers, return_type=None), reps)
     full = median_cpu(lambda: model(tokens, return_type="loss"), reps)
@@ -74,18 +95,26 @@ def bench(name: str, *, batch: int, pos: int, reps: int) -> dict[str, object]:
     x = torch.randn(n, d_model, generator=gen)
     encode = median_cpu(lambda: torch.relu(x @ w_enc + b_enc), reps)
     params = sum(p.numel() for k, p in model.named_parameters() if k.startswith("blocks.0."))
-    return {"model": name, "tokens": n, "n_layers": n_layers, "d_model": d_model,
-            "d_vocab": model.cfg.d_vocab, "d_sae": d_sae, "block_params": params,
-            "block_us_per_token": 1e6 * blocks / (n * n_layers),
-            "unembed_nll_us_per_token": 1e6 * max(full - blocks, 0.0) / n,
-            "sae_encode_us_per_token": 1e6 * encode / n,
-            "block_gflops_per_s": 2 * params * n * n_layers / blocks / 1e9}
+    return {
+        "model": name,
+        "tokens": n,
+        "n_layers": n_layers,
+        "d_model": d_model,
+        "d_vocab": model.cfg.d_vocab,
+        "d_sae": d_sae,
+        "block_params": params,
+        "block_us_per_token": 1e6 * blocks / (n * n_layers),
+        "unembed_nll_us_per_token": 1e6 * max(full - blocks, 0.0) / n,
+        "sae_encode_us_per_token": 1e6 * encode / n,
+        "block_gflops_per_s": 2 * params * n * n_layers / blocks / 1e9,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+",
-                        default=["cgc-tiny", "gpt2-medium-shape", "gemma-2-2b-2l"])
+    parser.add_argument(
+        "--models", nargs="+", default=["cgc-tiny", "gpt2-medium-shape", "gemma-2-2b-2l"]
+    )
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--pos", type=int, default=128)
     parser.add_argument("--reps", type=int, default=3)

@@ -28,8 +28,9 @@ def test_default_match_converges_within_8_evaluations(cgc_tiny):
     atol = config.match_tolerance * (target - reference)
     assert atol > 0
     before = {n: p.detach().clone() for n, p in cgc_tiny.named_parameters()}
-    result = match_level(cgc_tiny, MagnitudePrune(0.0), evaluate, target, rtol=0.0, atol=atol,
-                         value_at_lo=reference)
+    result = match_level(
+        cgc_tiny, MagnitudePrune(0.0), evaluate, target, rtol=0.0, atol=atol, value_at_lo=reference
+    )
     searched = len(calls) - 2
     # every perplexity the search computed, the target's and the reference's included: <= 8
     assert len(calls) <= 8 and searched == result.n_evaluations - 1 <= 7
