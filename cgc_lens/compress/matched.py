@@ -63,7 +63,7 @@ class MatchResult:
     evaluations: tuple[tuple[float, float], ...]
     """Every ``(level, value)`` evaluated, in order (a supplied ``value_at_lo`` included)."""
     method: Literal["bisect", "root"]
-    """``"bisect"`` (the paper's fixed steps) or ``"root"`` (Illinois to a tolerance)."""
+    """``"bisect"`` (the paper's fixed steps) or ``"root"`` (:func:`root_level`, to a tolerance)."""
     converged: bool
     """Whether ``value`` is within the requested tolerance of ``target``."""
     stop: Literal["converged", "range", "step", "budget"] | None = None
