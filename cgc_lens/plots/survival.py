@@ -1,7 +1,11 @@
 """Figures of the feature-survival audit (QDM paper Figs. 2-3, Apps. A, E, G).
 
 Each function takes results of :mod:`cgc_lens.analysis.survival` / ``fragility`` and returns a
-``go.Figure``; nothing is computed here beyond selecting what is drawn.
+``go.Figure``; nothing is computed here beyond selecting what is drawn. The figures of
+condition-level numbers (taxonomy, dissociation, survival against bits per weight) draw each
+statistic's 95% interval as an error bar when the table has its ``<stat>_ci_low`` /
+``<stat>_ci_high`` columns (:mod:`cgc_lens.analysis.survival_intervals`): asymmetric, since an
+interval is clipped to the statistic's range (r to [-1, 1], percentages to [0, 100]).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = [
 _OUTCOME_COLORS = {"survived": "#2ca02c", "degraded": "#ff7f0e", "damaged": "#d62728"}
 _R_COLOR, _PPL_COLOR = "#1f77b4", "#d62728"
 """The dissociation plot's two series (mean r, perplexity change)."""
+_ERROR_COLOR = "#333333"
+"""Error bars on the stacked taxonomy bars (dark: they cross the next segment's colour)."""
 
 
 def _require(table: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -37,8 +43,33 @@ def _require(table: pd.DataFrame, columns: list[str], what: str) -> None:
         raise CgcLensError(f"{what} needs columns {columns}; missing {missing}.")
 
 
+def _error_bars(rows: pd.DataFrame, stat: str) -> dict[str, object] | None:
+    """plotly ``error_y`` settings drawing ``stat``'s interval on each row: ``array`` =
+    ``<stat>_ci_high`` − value, ``arrayminus`` = value − ``<stat>_ci_low`` (NaN where a row has
+    no interval); None when the table has no interval of ``stat`` at all.
+
+    Example:
+        >>> rows = pd.DataFrame({"mean_corr": [0.8, 0.9], "mean_corr_ci_low": [0.75, None],
+        ...                      "mean_corr_ci_high": [0.82, None]})
+        >>> bars = _error_bars(rows, "mean_corr")
+        >>> np.round(bars["array"], 6).tolist()[0], np.round(bars["arrayminus"], 6).tolist()[0]
+        (0.02, 0.05)
+    """
+    low, high = f"{stat}_ci_low", f"{stat}_ci_high"
+    if low not in rows.columns or high not in rows.columns:
+        return None
+    lo = pd.to_numeric(rows[low], errors="coerce").to_numpy(dtype=float)
+    hi = pd.to_numeric(rows[high], errors="coerce").to_numpy(dtype=float)
+    if not (np.isfinite(lo) & np.isfinite(hi)).any():
+        return None
+    value = rows[stat].to_numpy(dtype=float)
+    return {"type": "data", "symmetric": False, "array": hi - value, "arrayminus": value - lo,
+            "visible": True, "thickness": 1.2, "width": 4}  # fmt: skip
+
+
 def plot_taxonomy(summary: pd.DataFrame) -> go.Figure:
-    """Survived / degraded / damaged % stacked per condition (Fig. 2, App. A).
+    """Survived / degraded / damaged % stacked per condition (Fig. 2, App. A), each segment
+    with its 95% interval as an error bar at its top when the table has intervals.
 
     Args:
         summary: :func:`~cgc_lens.analysis.survival.summary_table` output.
@@ -52,9 +83,11 @@ def plot_taxonomy(summary: pd.DataFrame) -> go.Figure:
     _require(summary, ["name", "survived_pct", "degraded_pct", "damaged_pct"], "plot_taxonomy")
     fig = go.Figure()
     for outcome, color in _OUTCOME_COLORS.items():
+        bars = _error_bars(summary, f"{outcome}_pct")
         fig.add_bar(
-            x=summary["name"], y=summary[f"{outcome}_pct"], name=outcome, marker_color=color
-        )
+            x=summary["name"], y=summary[f"{outcome}_pct"], name=outcome, marker_color=color,
+            error_y=None if bars is None else {**bars, "color": _ERROR_COLOR},
+        )  # fmt: skip
     fig.update_layout(
         barmode="stack", xaxis_title="condition", yaxis_title="% of active features",
         yaxis_range=[0, 100], title="Feature survival by condition",
@@ -85,7 +118,7 @@ def _reference_markers(fig: go.Figure, ref: pd.DataFrame, label: str) -> None:
         fig.add_trace(
             go.Scatter(
                 x=[label] * len(ref), y=ref[column], mode="markers", showlegend=False,
-                name=f"{label}: {name}",
+                name=f"{label}: {name}", error_y=_error_bars(ref, column),
                 marker={"symbol": "diamond-open", "size": 11, "color": color},
             ),
             secondary_y=secondary,
@@ -94,7 +127,8 @@ def _reference_markers(fig: go.Figure, ref: pd.DataFrame, label: str) -> None:
 
 
 def plot_dissociation(summary: pd.DataFrame, *, reference: str | None = "reference") -> go.Figure:
-    """Mean r (left axis) and perplexity change % (right axis) against bit-width (§4.3).
+    """Mean r (left axis, with its 95% interval as error bars when the table has one) and
+    perplexity change % (right axis) against bit-width (§4.3).
 
     Rows without ``bits`` or ``ppl_delta_pct`` (e.g. pruning) are left out. The bit-widths are
     categories, read from full precision to coarse, so 8 → 4 bits gets the width it deserves;
@@ -116,7 +150,7 @@ def plot_dissociation(summary: pd.DataFrame, *, reference: str | None = "referen
     fig.add_trace(
         go.Scatter(
             x=rows["bits"], y=rows["mean_corr"], name="mean r", mode="lines+markers",
-            line={"color": _R_COLOR},
+            line={"color": _R_COLOR}, error_y=_error_bars(rows, "mean_corr"),
         ),
         secondary_y=False,
     )  # fmt: skip
@@ -281,7 +315,8 @@ def plot_quartile_survival(quartiles: pd.DataFrame) -> go.Figure:
 
 def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
     """Mean r (left) and survived % (right) against effective bits per weight, one labelled
-    marker per condition, one colour per format: formats compared at equal size.
+    marker per condition, one colour per format: formats compared at equal size; each marker
+    with its 95% interval as an error bar when the table has intervals.
 
     Rows without ``bits_per_weight`` (a plan of several steps, a checkpoint of unknown
     storage) are left out.
@@ -300,10 +335,24 @@ def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
     columns = ["name", "format", "bits_per_weight", "mean_corr", "survived_pct"]
     _require(summary, columns, "plot_survival_vs_bits")
     rows = summary.dropna(subset=["bits_per_weight"])
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
-                        subplot_titles=("mean feature r", "survived features (%)"))
-    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf")
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        horizontal_spacing=0.12,
+        subplot_titles=("mean feature r", "survived features (%)"),
+    )
+    palette = (
+        "#1f77b4",
+        "#ff7f0e",
+        "#2ca02c",
+        "#d62728",
+        "#9467bd",
+        "#8c564b",
+        "#e377c2",
+        "#7f7f7f",
+        "#bcbd22",
+        "#17becf",
+    )
     formats = list(dict.fromkeys(rows["format"].fillna("other")))
     for i, fmt in enumerate(formats):
         part = rows[rows["format"].fillna("other") == fmt]
@@ -311,8 +360,9 @@ def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
             fig.add_trace(
                 go.Scatter(
                     x=part["bits_per_weight"], y=part[y], text=part["name"], name=fmt,
-                    mode="markers+text", textposition="top center", legendgroup=fmt,
-                    showlegend=col == 1, marker={"size": 10, "color": palette[i % len(palette)]},
+                    error_y=_error_bars(part, y), mode="markers+text", textposition="top center",
+                    legendgroup=fmt, showlegend=col == 1,
+                    marker={"size": 10, "color": palette[i % len(palette)]},
                     hovertemplate="%{text}: %{y:.3f} at %{x:.3f} bits/weight<extra></extra>",
                 ),
                 row=1, col=col,
@@ -320,7 +370,7 @@ def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
     fig.update_xaxes(title_text="effective bits per weight")
     fig.update_yaxes(title_text="mean r", row=1, col=1)
     fig.update_yaxes(title_text="% survived", range=[0, 105], row=1, col=2)
-    fig.update_layout(title="Feature survival against bits per weight, by format",
-                      legend_title_text="format")
+    fig.update_layout(
+        title="Feature survival against bits per weight, by format", legend_title_text="format"
+    )
     return fig
-
