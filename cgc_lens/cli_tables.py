@@ -8,6 +8,7 @@ missing, so no ``NaN`` is ever printed unexplained.
 
 from __future__ import annotations
 
+import math
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -89,24 +90,76 @@ def _say(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _with_pm(frame: Any, stat: str, pm: Any) -> Any:
+    """``stat``'s cells as ``value ± half-width`` text (the value alone where a row has no
+    interval), under the header ``<stat> ± 95%``."""
+    cells = [
+        f"{_cell(v)} ± {h:.2g}" if math.isfinite(h) else _cell(v)
+        for v, h in zip(frame[stat], pm, strict=True)
+    ]
+    out = frame.copy()
+    out[stat] = cells
+    return out.rename(columns={stat: f"{stat} ± 95%"})
+
+
 def format_table(result: Any) -> str:
     """Table 1 of a survival result as aligned text, wrapped to 100 columns (what ``cgc-lens
-    survival`` prints)."""
+    survival`` prints): each statistic with a 95% interval shows ``value ± half-width``, and a
+    note under the table says what the ± is."""
+    from cgc_lens.analysis.survival_intervals import SURVIVAL_STATS
+    from cgc_lens.studies.survival.intervals_text import half_width
     from cgc_lens.studies.survival.result import TABLE1_COLUMNS
 
     frame = result.to_frame()
-    return print_table(
-        frame[[c for c in TABLE1_COLUMNS if c in frame.columns]], index=False, echo=False
+    shown = frame[[c for c in TABLE1_COLUMNS if c in frame.columns]]
+    with_pm = False
+    for stat in SURVIVAL_STATS:
+        pm = half_width(frame, stat) if stat in shown.columns else None
+        if pm is not None:
+            shown, with_pm = _with_pm(shown, stat, pm), True
+    # pandas' line_width can overshoot by a few columns on text cells: narrow until it fits
+    for width in range(TABLE_WIDTH, TABLE_WIDTH // 2, -2):
+        text = print_table(shown, index=False, echo=False, width=width)
+        if max(len(line) for line in text.splitlines()) <= TABLE_WIDTH:
+            break
+    if with_pm:
+        groups = sorted({int(g) for g in frame["n_groups"].dropna()})
+        note = (
+            "± 95%: half-width of the 95% interval, a blocked jackknife over "
+            f"{' or '.join(map(str, groups))} groups of token blocks (ends in results.json and "
+            "tables/conditions.csv, clipped to [-1, 1] and [0, 100])"
+        )
+        text += "\n" + textwrap.fill(note, TABLE_WIDTH, subsequent_indent="  ")
+    return text
+
+
+def _protocol_line(info: Mapping[str, Any]) -> str | None:
+    p = info.get("protocol")
+    if not p:
+        return None
+    source = {"sae": "the SAE's prepend_bos", "config": "the config's prepend_bos"}.get(
+        p.get("source"), "the default: the SAE names none"
+    )
+    bos = f"{'a bos token' if p['prepend_bos'] else 'no bos token'} before each block ({source})"
+    if p.get("baseline_ppl") is None:
+        return f"protocol: {bos}; baseline check skipped (no evaluation tokens)"
+    return (
+        f"protocol: {bos}; reference ppl {p['baseline_ppl']:.4g} vs unigram ppl "
+        f"{p['unigram_ppl']:.4g}: baseline check {p['baseline_check']}"
     )
 
 
 def report_survival(result: Any, out: Path) -> None:
-    """What ``cgc-lens survival`` prints: Table 1, the null check, fragility, where results are."""
+    """What ``cgc-lens survival`` prints: Table 1, the protocol check, the null check,
+    fragility, where results are."""
     lines = [
         f"Table 1: feature survival under compression ({result.config.model})",
         format_table(result),
         "",
     ]
+    protocol = _protocol_line(result.info)
+    if protocol is not None:
+        lines.append(textwrap.fill(protocol, TABLE_WIDTH, subsequent_indent="  "))
     if result.stability.null is not None:
         n = result.stability.null
         lines.append(f"null check: {'passed' if n.passed else 'FAILED'} (mean r {n.mean_corr:.6f})")

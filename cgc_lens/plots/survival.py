@@ -33,6 +33,9 @@ __all__ = [
 _OUTCOME_COLORS = {"survived": "#2ca02c", "degraded": "#ff7f0e", "damaged": "#d62728"}
 _R_COLOR, _PPL_COLOR = "#1f77b4", "#d62728"
 """The dissociation plot's two series (mean r, perplexity change)."""
+_FORMAT_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                   "#7f7f7f", "#bcbd22", "#17becf")  # fmt: skip
+"""One colour per format in the survival-against-bits figure (plotly's default cycle)."""
 _ERROR_COLOR = "#333333"
 """Error bars on the stacked taxonomy bars (dark: they cross the next segment's colour)."""
 
@@ -341,18 +344,6 @@ def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
         horizontal_spacing=0.12,
         subplot_titles=("mean feature r", "survived features (%)"),
     )
-    palette = (
-        "#1f77b4",
-        "#ff7f0e",
-        "#2ca02c",
-        "#d62728",
-        "#9467bd",
-        "#8c564b",
-        "#e377c2",
-        "#7f7f7f",
-        "#bcbd22",
-        "#17becf",
-    )
     formats = list(dict.fromkeys(rows["format"].fillna("other")))
     for i, fmt in enumerate(formats):
         part = rows[rows["format"].fillna("other") == fmt]
@@ -362,7 +353,7 @@ def plot_survival_vs_bits(summary: pd.DataFrame) -> go.Figure:
                     x=part["bits_per_weight"], y=part[y], text=part["name"], name=fmt,
                     error_y=_error_bars(part, y), mode="markers+text", textposition="top center",
                     legendgroup=fmt, showlegend=col == 1,
-                    marker={"size": 10, "color": palette[i % len(palette)]},
+                    marker={"size": 10, "color": _FORMAT_PALETTE[i % len(_FORMAT_PALETTE)]},
                     hovertemplate="%{text}: %{y:.3f} at %{x:.3f} bits/weight<extra></extra>",
                 ),
                 row=1, col=col,

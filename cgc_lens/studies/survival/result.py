@@ -41,6 +41,7 @@ from cgc_lens.plots.survival import (
     plot_taxonomy,
 )
 from cgc_lens.studies.survival.config import NULL_NAME, SurvivalConfig
+from cgc_lens.studies.survival.intervals_text import how_sure, protocol_text, with_half_widths
 
 __all__ = ["TABLE1_COLUMNS", "FragilityReport", "StabilityChecks", "SurvivalResult"]
 
@@ -201,8 +202,10 @@ class SurvivalResult:
         return figs
 
     def tables(self) -> dict[str, pd.DataFrame]:
-        """Every table but the per-feature one, by name (what the report shows)."""
-        out = {"conditions": self.to_frame()}
+        """Every table but the per-feature one, by name (what the report shows); the conditions
+        table has a ``<stat>_pm`` column (± of the 95% interval) after each statistic that has
+        an interval."""
+        out = {"conditions": with_half_widths(self.to_frame())}
         if self.overlaps:
             out["overlaps"] = pd.DataFrame([dataclasses.asdict(o) for o in self.overlaps])
         out["deciles"] = self.deciles
@@ -263,6 +266,7 @@ class SurvivalResult:
                  f"`{self.read_out}` through a frozen SAE ({self.info.get('d_sae')} features, "
                  f"{self.conditions[0].tokens:,} tokens). Focus condition: "
                  f"**{self.stability.condition}**.")
+        intro = "\n\n".join(t for t in (intro, how_sure(self), protocol_text(self.info)) if t)
         features = self.feature_table()
 
         def write_features(folder: Path) -> None:
