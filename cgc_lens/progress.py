@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm as _auto_tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 __all__ = [
@@ -29,6 +30,18 @@ __all__ = [
     "quiet",
     "set_progress",
 ]
+
+
+class tqdm(_auto_tqdm):
+    """``tqdm.auto``'s bar with a lock of this process only.
+
+    tqdm's default lock holds a multiprocessing semaphore that forked children share: a child
+    killed while it makes or closes a bar (SIGKILL during a save) leaves it taken, and every
+    later bar of the parent, even a disabled one, waits for it forever.
+    """
+
+
+tqdm.set_lock(threading.RLock())
 
 _state = {
     "enabled": os.environ.get("CGC_LENS_PROGRESS", "1").strip().lower()

@@ -142,6 +142,7 @@ def _survival(eval_tokens: int = 0, **config):
     )
     cfg = SurvivalConfig(
         **{
+            "allow": ("baseline-perplexity",),  # a random untrained model: below unigram
             "batch_size": 4,
             "n_shards": 4,
             "active_rate": 0.0,
@@ -296,3 +297,37 @@ def test_saving_a_results_folder_names_its_stage(tmp_path, capsys):
     set_progress(False)
     result.save(tmp_path / "quiet")
     assert capsys.readouterr().err.count("%|") == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.parametrize("ours", [True, False])
+def test_a_child_killed_holding_the_bar_lock_does_not_block_the_parent(ours):
+    """A forked child that dies holding the bars' lock (SIGKILL while it makes a bar, as a
+    killed save does) leaves the parent's bars free; tqdm's own lock, a semaphore forked
+    children share, stays taken (the control case)."""
+    import threading
+
+    from tqdm import tqdm as plain_tqdm
+
+    from cgc_lens import progress
+
+    cls = progress.tqdm if ours else type("PlainBar", (plain_tqdm,), {})
+    if not ours:
+        cls.set_lock(plain_tqdm.get_lock().__class__())  # a fresh default lock (mp + thread)
+    pid = os.fork()
+    if pid == 0:
+        cls.get_lock().acquire()
+        os._exit(0)  # dies holding it
+    os.waitpid(pid, 0)
+    done = threading.Event()
+
+    def make_bar():
+        cls.get_lock().acquire()
+        cls.get_lock().release()
+        done.set()
+
+    threading.Thread(target=make_bar, daemon=True).start()
+    assert done.wait(5.0 if ours else 1.0) is ours
+    if ours:  # and a bar of the library opens and closes
+        with progress.progress_bar(range(3), desc="after", enabled=False) as bar:
+            assert sum(bar) == 3
