@@ -235,7 +235,8 @@ def memory_child(args: argparse.Namespace) -> None:
     eval_tokens = torch.randint(0, model.cfg.d_vocab, (16, seq), generator=gen)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     config = SurvivalConfig(bits=(8, 4), match_pruning=None, batch_size=args.batch_size,
-                            active_rate=0.0, progress=False)
+                            active_rate=0.0, progress=False,
+                            allow=("baseline-perplexity",))  # random weights, random tokens
     t0 = time.perf_counter()
     result = run_survival(config, model=model, sae=sae, tokens=tokens, eval_tokens=eval_tokens)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

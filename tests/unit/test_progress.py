@@ -142,7 +142,7 @@ def _survival(eval_tokens: int = 0, **config):
     )
     cfg = SurvivalConfig(
         **{
-            "allow": ("baseline-perplexity",),  # a random untrained model: below unigram
+            "allow": ("baseline-perplexity",),  # a random untrained model: worse than unigram
             "batch_size": 4,
             "n_shards": 4,
             "active_rate": 0.0,

@@ -106,7 +106,7 @@ def _as_tokens(tokens: Tensor | TokenBlocks, d_vocab: int, what: str) -> Tensor:
 def token_sets(config: SurvivalConfig, model: HookedTransformer,
                given: dict[str, Tensor | TokenBlocks | None]) -> dict[str, Tensor | None]:
     """Feature, perplexity and match tokens; sets drawn from one split are disjoint blocks."""
-    n_ctx = model.cfg.n_ctx - int(config.prepend_bos)
+    n_ctx = model.cfg.n_ctx - int(bool(config.prepend_bos))  # None: resolved by run_survival
     block_len = config.block_len or min(n_ctx, 512)
     if block_len > n_ctx:
         raise CgcLensError(f"block_len={block_len} does not fit the model's n_ctx "

@@ -30,7 +30,8 @@ from cgc_lens.io.configs import CONFIG_DIR, config_from_dict, config_to_dict, re
 from cgc_lens.saes.loading import EMBEDDED_SAE_DIRS, check_sae_dtype
 
 __all__ = [
-    "CONFIG_DIR", "DEFAULT_BITS", "MATCH_AUTO", "NULL_NAME", "PlanCondition", "SurvivalConfig",
+    "ALLOWABLE_CHECKS", "CONFIG_DIR", "DEFAULT_BITS", "MATCH_AUTO", "NULL_NAME", "PlanCondition",
+    "SurvivalConfig",
     "parse_compare", "rtn_name",
 ]
 
@@ -102,6 +103,10 @@ class PlanCondition:
         return cls(name=data["name"], plan=Plan.from_dict(data["plan"]))
 
 
+ALLOWABLE_CHECKS = ("baseline-perplexity",)
+"""Protocol checks that ``SurvivalConfig.allow`` may let pass."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SurvivalConfig:
     """Everything a feature-survival audit depends on; saved with its results.
@@ -150,8 +155,14 @@ class SurvivalConfig:
     """Tokens per block (context resets per block); default: the model's n_ctx, at most 512."""
     batch_size: int = 8
     """Blocks per forward pass."""
-    prepend_bos: bool = False
-    """Feed a bos token before every block; its position is left out of the statistics."""
+    prepend_bos: bool | None = None
+    """Feed a bos token before every block; its position is left out of the statistics.
+    Unset: follow the SAE's own prepend_bos (SAELens metadata; no bos when it names none). The
+    policy used is recorded in results.json (info.protocol)."""
+    allow: tuple[str, ...] = ()
+    """Protocol checks to let pass instead of refusing the run: "baseline-perplexity" (the
+    reference's perplexity on the evaluation tokens is above their unigram perplexity, a broken
+    baseline such as a model trained with bos evaluated without it)."""
     seed: int = 0
     """Seed of the block draws and of the subset stability check."""
     null: bool = True
@@ -177,7 +188,8 @@ class SurvivalConfig:
     (the paper's matched pair) when one is asked for, else the lowest-bit RTN condition asked
     for (bits, or an int<b> of conditions), else none."""
     match_method: Literal["root", "bisect"] = "root"
-    """Matched search: "root" (Illinois regula falsi to match_tolerance) or "bisect" (the
+    """Matched search: "root" (a bracket on a power-law residual, then TOMS 748, to
+    match_tolerance; cgc_lens.compress.matched.root_level) or "bisect" (the
     paper's six fixed bisection steps on [0, 0.8], keeping the closest; App. F)."""
     match_tolerance: float = 0.05
     """The "root" search stops within this fraction of the perplexity gap being matched
@@ -214,6 +226,10 @@ class SurvivalConfig:
     """Seeds of the random-subset check."""
     n_shards: int = 16
     """Batches are grouped into this many shards, each with its own sums, for the checks."""
+    n_groups: int = 20
+    """Feature blocks are dealt into this many groups at random (a fixed permutation of their
+    index), each with its own sums: the blocked-jackknife errors and 95% intervals of every
+    survival number (fewer if fewer blocks; 0: no intervals)."""
     cache_mb: float = 32.0
     """Memory for reference SAE codes (stored sparse): conditions run over that many tokens per
     weight edit. 0 edits the weights once per batch per condition."""
@@ -225,6 +241,9 @@ class SurvivalConfig:
     """SAE parameter dtype."""
     progress: bool = True
     """Show progress bars."""
+    split_by: Literal["tokens", "conditions"] = "tokens"
+    """Under torchrun (several ranks): share out the feature and evaluation tokens, or the
+    conditions (each rank compresses its own copy). One process: no effect."""
 
     def __post_init__(self) -> None:
         if self.bits is None or (isinstance(self.bits, _DefaultBits) and self.conditions):
@@ -249,7 +268,8 @@ class SurvivalConfig:
         SurvivalThresholds(active_rate=self.active_rate, survived=self.survived,
                            damaged=self.damaged)
         for name, valid in (("match_method", ("root", "bisect")),
-                            ("flat_other", ("damaged", "undefined"))):
+                            ("flat_other", ("damaged", "undefined")),
+                            ("split_by", ("tokens", "conditions"))):
             if getattr(self, name) not in valid:
                 raise CgcLensError(f"{name} must be one of {valid}, got {getattr(self, name)!r}.")
 
@@ -261,7 +281,16 @@ class SurvivalConfig:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise CgcLensError(f"{name} must be a non-empty string, got "
                                    f"{getattr(self, name)!r}.")
-        for name in ("prepend_bos", "null", "progress"):
+        if self.prepend_bos is not None and not isinstance(self.prepend_bos, bool):
+            raise CgcLensError(f"prepend_bos must be true or false, got {self.prepend_bos!r} "
+                               "(or unset: follow the SAE).")
+        if isinstance(self.allow, (list, str)):
+            object.__setattr__(self, "allow", (self.allow,) if isinstance(self.allow, str)
+                               else tuple(self.allow))
+        bad = [a for a in self.allow if a not in ALLOWABLE_CHECKS]
+        if bad:
+            raise CgcLensError(f"allow: unknown check(s) {bad}; valid: {list(ALLOWABLE_CHECKS)}.")
+        for name in ("null", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise CgcLensError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         ints = {"seed": self.seed, **{f"subset_seeds[{i}]": v
@@ -284,6 +313,10 @@ class SurvivalConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CgcLensError(f"{name} must be a positive int, got {value!r}.")
+        if not isinstance(self.n_groups, int) or isinstance(self.n_groups, bool) or \
+                self.n_groups < 0 or self.n_groups == 1:
+            raise CgcLensError(f"n_groups must be 0 (no intervals) or an int >= 2 (20 is usual), "
+                               f"got {self.n_groups!r}.")
         if not isinstance(self.eval_tokens, int) or self.eval_tokens < 0:
             raise CgcLensError(f"eval_tokens must be an int >= 0 (0: no perplexity), got "
                                f"{self.eval_tokens!r}.")

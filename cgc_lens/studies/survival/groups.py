@@ -1,9 +1,10 @@
 """The survival sweep's sums per group of token blocks, for the blocked jackknife.
 
 Each feature block belongs to one of G groups by its GLOBAL index b among the run's
-``total_blocks`` blocks: ``b · G // total_blocks`` (contiguous runs of blocks, as
-:func:`~cgc_lens.analysis.uncertainty.token_groups` deals them), so a block's tokens always share
-a group and any split of the blocks across batches, shards or processes gives the same groups.
+``total_blocks`` blocks: ``π(b) · G // total_blocks`` for a fixed permutation π (see
+:func:`block_groups`: blocks dealt at random, not in contiguous runs), so a block's tokens always
+share a group and any split of the blocks across batches, shards or processes gives the same
+groups.
 :class:`GroupSums` holds, per group, what the sweep holds per shard (Σx, Σx², the reference
 accumulator; per condition Σy, Σy², Σxy), all SUMs; a batch that falls inside one group adds the
 very tensors the pooled sums got, one that straddles groups is cut into row ranges
@@ -15,6 +16,7 @@ accumulators back with their ``group_*`` fields (see
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -25,19 +27,31 @@ from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.sparse_encoder import SparseCodes
 from cgc_lens.studies.survival.codes import reference_accumulator
 
-__all__ = ["GroupSums", "block_groups", "row_runs", "rows_of"]
+__all__ = ["GROUP_SEED", "GroupSums", "block_groups", "row_runs", "rows_of"]
+
+GROUP_SEED = 20_251_205
+"""Seed of the permutation that deals blocks into groups (fixed: groups never depend on the
+run's seed, its sharding or its process count)."""
 
 Run = tuple[int, int, int]
 """``(group, first row, end row)`` of a batch's codes."""
 
 
 def block_groups(block_index: Tensor, *, total_blocks: int, n_groups: int) -> Tensor:
-    """The group of each block from its global index: ``b · G // total_blocks``, with
-    ``G = min(n_groups, total_blocks)`` so that no group is empty.
+    """The group of each block from its global index: ``π(b) · G // total_blocks``, where π is
+    a fixed permutation of the run's ``total_blocks`` indices (seed :data:`GROUP_SEED`) and
+    ``G = min(n_groups, total_blocks)``, so that groups are equal in size to one block and
+    none is empty.
+
+    Blocks come in stream order, so neighbouring blocks share a document or a category; the
+    permutation deals them into groups at random (a block's own tokens always share one), and
+    the leave-one-group-out replicates resample blocks as a bootstrap over blocks does. Dealt in
+    contiguous runs instead, each group would be one region of the corpus, and the errors would
+    measure the spread between regions, which more tokens do not shrink.
 
     Example:
-        >>> block_groups(torch.arange(5), total_blocks=5, n_groups=2).tolist()
-        [0, 0, 0, 1, 1]
+        >>> block_groups(torch.arange(6), total_blocks=6, n_groups=2).bincount().tolist()
+        [3, 3]
     """
     index = torch.as_tensor(block_index, dtype=torch.int64)
     if n_groups < 1 or total_blocks < 1:
@@ -49,7 +63,13 @@ def block_groups(block_index: Tensor, *, total_blocks: int, n_groups: int) -> Te
             f"Block indices must lie in [0, total_blocks={total_blocks}), got "
             f"[{int(index.min())}, {int(index.max())}]."
         )
-    return index * min(n_groups, total_blocks) // total_blocks
+    return _dealt(total_blocks)[index] * min(n_groups, total_blocks) // total_blocks
+
+
+@functools.lru_cache(maxsize=8)
+def _dealt(total_blocks: int) -> Tensor:
+    """π: a fixed permutation of ``range(total_blocks)`` (the same in every process)."""
+    return torch.randperm(total_blocks, generator=torch.Generator().manual_seed(GROUP_SEED))
 
 
 def row_runs(groups: Tensor, block_len: int) -> list[Run]:

@@ -52,7 +52,10 @@ from cgc_lens.progress import progress_bar
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.sparse_encoder import SparseCodes, SparseEncoder
 from cgc_lens.studies.survival.codes import reference_accumulator
+from cgc_lens.studies.survival.compare import deferred_swaps
 from cgc_lens.studies.survival.conditions import edited
+from cgc_lens.studies.survival.groups import GroupSums, block_groups, row_runs
+from cgc_lens.studies.survival.spill import ReferenceSpill
 
 if TYPE_CHECKING:
     from tqdm.auto import tqdm
@@ -85,6 +88,9 @@ class SweepSums:
     """Chunks run (each condition edits the weights once per chunk)."""
     cache_peak_bytes: int = 0
     """Largest reference cache held."""
+    groups: GroupSums | None = None
+    """The same sums per group of blocks (by global block index), for the jackknife errors;
+    None with ``n_groups=0``."""
 
     def reference_shards(self, key: str) -> list[ReferenceAccumulator]:
         """The reference accumulators of ``key``, one per shard."""
@@ -162,6 +168,11 @@ def stream_conditions(
     bos: int | None = None,
     fire_threshold: float = 0.0,
     progress: bool = True,
+    n_groups: int = 20,
+    block_index: Tensor | None = None,
+    total_blocks: int | None = None,
+    batch_offset: int = 0,
+    total_batches: int | None = None,
 ) -> SweepSums:
     """Stream the reference and every condition over ``tokens``; return per-shard sums.
 
@@ -178,29 +189,39 @@ def stream_conditions(
         bos: a token id to prepend to every block (its position is not counted), or None.
         fire_threshold: firing threshold of the reference accumulators.
         progress: show a progress bar.
+        n_groups: groups of blocks with their own sums (:mod:`~cgc_lens.studies.survival.groups`;
+            fewer if fewer blocks, 0 for none).
+        block_index: the global index of each block of ``tokens`` among ``total_blocks``
+            (default: ``0..n_blocks-1``), which alone decides its group.
+        total_blocks: blocks of the whole run (default: ``n_blocks``).
+        batch_offset: global index of the first batch of ``tokens`` when they are one rank's
+            share of the run (:mod:`~cgc_lens.studies.survival.ranks`), so that each batch
+            goes to the shard it has in one process.
+        total_batches: batches of the whole run (default: those of ``tokens``).
     """
+    # Over 60 lines: the docstring documents every argument; the body is set-up and one loop
     if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
         raise CgcLensError(f"Expected tokens [n_blocks, block_len] with at least one block, got "
                            f"shape {tuple(tokens.shape)}.")
     batches = list(tokens.split(batch_size))
-    n_shards = min(n_shards, len(batches))
-    shard_of = [i * n_shards // len(batches) for i in range(len(batches))]
+    total = len(batches) if total_batches is None else total_batches
+    n_shards = min(n_shards, total)
+    shard_of = [(batch_offset + i) * n_shards // total for i in range(len(batches))]
     names = tuple(name for name, _ in conditions)
     stop = stop_layer(model, [t.hook for t in targets])
     sums = SweepSums(keys=tuple(t.key for t in targets), conditions=names,
                      n_tokens=[0] * n_shards)
+    runs = _group_runs(sums, tokens, batch_size, n_groups=n_groups, block_index=block_index,
+                       total_blocks=total_blocks, n_conditions=len(names),
+                       threshold=fire_threshold)
     t0 = time.perf_counter()
     bar = progress_bar(total=len(batches) * (1 + len(conditions)), desc="survival: reference",
                        enabled=progress)
     sweep = _Sweep(model=model, batches=batches, shard_of=shard_of, stop=stop, bos=bos,
                    reader=_Reader(targets, bos is not None), sums=sums, bar=bar,
-                   threshold=fire_threshold)
+                   threshold=fire_threshold, runs=runs)
     with sweep.reader.attached(model), bar:
-        i = 0
-        while i < len(batches):
-            cache, i = sweep.reference_chunk(i, cache_bytes, n_conditions=len(names))
-            sweep.conditions_over(cache, conditions)
-            del cache  # before the next chunk is read: at most one chunk is held
+        sweep.chunks(conditions, cache_bytes)
     sums.seconds = time.perf_counter() - t0
     log.info("survival sweep: %d batches × (1 + %d conditions) in %.1f s, %d chunk(s), reference "
              "cache peak %.1f MB", len(batches), len(names), sums.seconds, sums.n_chunks,
@@ -223,8 +244,33 @@ class _Sweep:
     bar: tqdm
     threshold: float
     """Firing threshold of the reference accumulators."""
+    runs: list[list[tuple[int, int, int]]]
+    """Per batch, its row ranges per group (:func:`~cgc_lens.studies.survival.groups.row_runs`)."""
     scratch: dict[str, Tensor] = field(default_factory=dict)
     """Per key, an all-zero flat buffer for :meth:`SparseCodes.cross`."""
+
+    def chunks(self, conditions: Sequence[tuple[str, Plan | Any | None]],
+               cache_bytes: int) -> None:
+        """Every chunk: the reference, then each condition over it. Compared checkpoints after
+        the first (:func:`~cgc_lens.studies.survival.compare.deferred_swaps`) run after the
+        loop when there are several chunks, each loaded once, over the reference codes kept on
+        disk (:class:`~cgc_lens.studies.survival.spill.ReferenceSpill`); same sums."""
+        later, n = deferred_swaps(conditions), len(conditions)
+        with ReferenceSpill() as spill:
+            i = 0
+            while i < len(self.batches):
+                cache, i = self.reference_chunk(i, cache_bytes, n_conditions=n)
+                if self.sums.n_chunks == 1 and i == len(self.batches):
+                    later = []  # one chunk: every checkpoint runs over it in memory
+                self.conditions_over(cache, conditions,
+                                     which=[c for c in range(n) if c not in later])
+                if later:
+                    spill.put(cache)
+                del cache  # before the next chunk is read: at most one chunk is held
+            for c in later:  # one at a time, over the chunks read back one at a time
+                for cache in spill.chunks():
+                    self.conditions_over(cache, conditions, which=[c])
+                    del cache
 
     def reference_chunk(self, i: int, cache_bytes: int, *, n_conditions: int,
                         ) -> tuple[list[tuple[int, dict[str, SparseCodes]]], int]:
@@ -236,7 +282,7 @@ class _Sweep:
         while i < len(self.batches) and (not cache or held < cache_bytes):
             sparse = self.reader.read(self.model, self.batches[i], self.stop, self.bos)
             _add_reference(self.sums, self.shard_of[i], sparse, n_conditions=n_conditions,
-                           threshold=self.threshold)
+                           threshold=self.threshold, runs=self.runs[i])
             cache.append((i, sparse))
             held += sum(c.nbytes for c in sparse.values())
             i += 1
@@ -246,9 +292,12 @@ class _Sweep:
         return cache, i
 
     def conditions_over(self, cache: list[tuple[int, dict[str, SparseCodes]]],
-                        conditions: Sequence[tuple[str, Plan | Any | None]]) -> None:
-        """Each condition, weights edited once, over the cached batches: add its sums."""
-        for c, (name, plan) in enumerate(conditions):
+                        conditions: Sequence[tuple[str, Plan | Any | None]],
+                        which: Sequence[int] | None = None) -> None:
+        """Each condition (those at indices ``which``), weights edited once, over the cached
+        batches: add its sums."""
+        for c in range(len(conditions)) if which is None else which:
+            name, plan = conditions[c]
             self.bar.set_description(f"survival: {name}")
             with edited(self.model, plan):
                 for j, ref_codes in cache:
@@ -258,9 +307,14 @@ class _Sweep:
                         self.model, self.batches[j], self.stop, self.bos)
                     for key, y_codes in codes.items():
                         block = self.sums.cond_sums[key][c, self.shard_of[j]]
-                        block[:2] += y_codes.moments()
-                        block[2] += y_codes.cross(ref_codes[key],
-                                                  scratch=_scratch(self.scratch, key, y_codes))
+                        scratch = _scratch(self.scratch, key, y_codes)
+                        added = torch.cat([y_codes.moments(), y_codes.cross(
+                            ref_codes[key], scratch=scratch)[None]])
+                        block += added
+                        if self.sums.groups is not None:
+                            self.sums.groups.add_condition(
+                                c, key, self.runs[j], y_codes, x=ref_codes[key], sums=added,
+                                scratch=scratch)
                     self.bar.update(1)
 
 
@@ -275,8 +329,27 @@ def _scratch(held: dict[str, Tensor], key: str, codes: SparseCodes) -> Tensor | 
     return buf
 
 
+def _group_runs(sums: SweepSums, tokens: Tensor, batch_size: int, *, n_groups: int,
+                block_index: Tensor | None, total_blocks: int | None, n_conditions: int,
+                threshold: float) -> list[list[tuple[int, int, int]]]:
+    """Set up ``sums.groups``; each batch's row ranges per group (empty lists without)."""
+    n_blocks, block_len = tokens.shape
+    if n_groups == 0:
+        return [[] for _ in range(-(-n_blocks // batch_size))]
+    index = torch.arange(n_blocks) if block_index is None else torch.as_tensor(block_index)
+    if tuple(index.shape) != (n_blocks,):
+        raise CgcLensError(f"block_index must give one index per block ({n_blocks}), got shape "
+                           f"{tuple(index.shape)}.")
+    total = n_blocks if total_blocks is None else total_blocks
+    group = block_groups(index, total_blocks=total, n_groups=n_groups)
+    sums.groups = GroupSums(n_groups=min(n_groups, total), n_conditions=n_conditions,
+                            threshold=threshold)
+    return [row_runs(part, block_len) for part in group.split(batch_size)]
+
+
 def _add_reference(sums: SweepSums, shard: int, sparse: dict[str, SparseCodes], *,
-                   n_conditions: int, threshold: float) -> None:
+                   n_conditions: int, threshold: float,
+                   runs: list[tuple[int, int, int]]) -> None:
     for key, x in sparse.items():
         device = (x.dense if x.dense is not None else x.vals).device  # type: ignore[union-attr]
         if key not in sums.ref_moments:  # allocate on the device the codes live on
@@ -286,7 +359,10 @@ def _add_reference(sums: SweepSums, shard: int, sparse: dict[str, SparseCodes], 
                                               device=device)
             sums.reference[key] = [ReferenceAccumulator(x.d, fire_threshold=threshold)
                                    for _ in range(n)]
-        sums.ref_moments[key][shard] += x.moments()
+        moments = x.moments()
+        sums.ref_moments[key][shard] += moments
+        if sums.groups is not None:
+            sums.groups.add_reference(key, runs, x, moments)
         acc = sums.reference[key][shard]
         batch = reference_accumulator(x, threshold)
         if batch is None:

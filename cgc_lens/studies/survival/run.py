@@ -8,7 +8,8 @@ the SAE features I interpret survive?"; QDM paper §3, Apps. B-L).
 2. the conditions: the null, RTN per bit-width, any plans, and magnitude pruning whose
    perplexity on the held-out tokens matches a named condition's (:func:`~cgc_lens.compress.
    match_level`);
-3. one streaming sweep (:func:`~cgc_lens.studies.survival.passes.stream_conditions`): the
+3. one streaming sweep (:func:`~cgc_lens.studies.survival.passes.stream_conditions`, shared
+   out over ``torch.distributed`` ranks by :mod:`~cgc_lens.studies.survival.ranks`): the
    reference forward runs once per batch, every condition reuses its SAE codes;
 4. each condition's perplexity on the evaluation tokens (chunked; sliding window optional);
 5. the analyses of :mod:`cgc_lens.analysis` (taxonomy, overlaps, deciles, fragility, checks).
@@ -51,6 +52,7 @@ from cgc_lens.analysis.survival import (
     summarize_condition,
     summary_table,
 )
+from cgc_lens.analysis.survival_intervals import survival_intervals
 from cgc_lens.checks import check_device, check_finite_weights
 from cgc_lens.data import TokenBlocks
 from cgc_lens.errors import CgcLensError
@@ -62,7 +64,6 @@ from cgc_lens.studies.survival.compare import compared_conditions
 from cgc_lens.studies.survival.conditions import (
     Condition,
     check_condition_shapes,
-    condition_perplexities,
     resolve_conditions,
     sae_target,
     token_sets,
@@ -73,7 +74,9 @@ from cgc_lens.studies.survival.config import (
     SurvivalConfig,
     parse_sae,
 )
-from cgc_lens.studies.survival.passes import SweepSums, stream_conditions
+from cgc_lens.studies.survival.passes import SweepSums
+from cgc_lens.studies.survival.protocol import baseline_check, bos_policy
+from cgc_lens.studies.survival.ranks import perplexities, sweep
 from cgc_lens.studies.survival.result import (
     FragilityReport,
     StabilityChecks,
@@ -95,9 +98,12 @@ T = TypeVar("T")
 
 def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condition], *,
            ppl: dict[str, tuple[float | None, float | None]], layer: int,
+           intervals: dict[str, np.ndarray] | None = None,
            ) -> tuple[list[ConditionSummary], dict[str, np.ndarray], Any, np.ndarray]:
-    """Table 1 rows and per-feature r at one read-out key."""
-    ref = merge_all(sums.reference_shards(key)).stats()  # type: ignore[attr-defined]
+    """Table 1 rows (with their jackknife intervals when the sweep kept groups) and per-feature
+    r at one read-out key; ``intervals`` gets each condition's ``[3, d_sae]`` r intervals."""
+    pooled_ref = merge_all(sums.reference_shards(key))
+    ref = pooled_ref.stats()  # type: ignore[attr-defined]
     active = active_features(ref.firing_rate, config.active_rate)
     ppl_ref = ppl.get(NULL_NAME, (None, None))[0]
     rows, r = [], {}
@@ -108,9 +114,17 @@ def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condit
             c.name, r[c.name], active, tokens=acc.n_tokens, bits=c.bits, sparsity=c.sparsity,
             ppl=ppl.get(c.name, (None, None))[0], ppl_reference=ppl_ref, layer=layer,
             thresholds=config.thresholds, constant=ref.constant)
-        rows.append(dataclasses.replace(row, spec=c.spec, format=c.format,
-                                        group_size=c.group_size,
-                                        bits_per_weight=c.bits_per_weight))
+        row = dataclasses.replace(row, spec=c.spec, format=c.format, group_size=c.group_size,
+                                  bits_per_weight=c.bits_per_weight)
+        if sums.groups is not None and sums.groups.n_groups >= 2:
+            iv = survival_intervals(
+                sums.groups.pearson(key, sums.conditions.index(c.name), acc),
+                sums.groups.reference_sums(key, pooled_ref),  # type: ignore[arg-type]
+                thresholds=config.thresholds, flat_other=config.flat_other)
+            row = dataclasses.replace(row, **iv.row_fields())
+            if intervals is not None:
+                intervals[c.name] = iv.r
+        rows.append(row)
     return rows, r, ref, active
 
 
@@ -185,6 +199,7 @@ def run_survival(
         >>> result = run_survival(SurvivalConfig(tokens=4096, bits=(8, 4)))  # doctest: +SKIP
         >>> result.to_frame()[["name", "mean_corr", "survived_pct"]]  # doctest: +SKIP
     """
+    # Over 60 lines: the docstring names every input; the body is the audit's steps in order
     config = SurvivalConfig() if config is None else config
     t_start = time.perf_counter()
     if model is None:
@@ -192,6 +207,10 @@ def run_survival(
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     compared = _checked(config, model)
     targets = _targets(config, model, sae, second_sae)
+    bos, protocol = bos_policy(config.prepend_bos, targets[0].sae)
+    # the passes run with the bos policy resolved; the result keeps the config as given
+    given, config = config, config if config.prepend_bos == bos else config.replace(
+        prepend_bos=bos)
     sets = token_sets(config, model, {"features": tokens, "eval": eval_tokens,
                                        "match": match_tokens, "calibration": calibration_tokens})
     feats = sets["features"]
@@ -200,17 +219,20 @@ def run_survival(
     conds, matches = resolve_conditions(config, model, sets["match"], sets.get("calibration"))
     t_match = time.perf_counter() - t0
     conds = _with_compared(conds, compared, matches)
-    sums = stream_conditions(
-        model, feats, targets, [(c.name, c.plan) for c in conds], batch_size=config.batch_size,
-        n_shards=config.n_shards, cache_bytes=int(config.cache_mb * 2**20),
-        bos=bos_token_id(model) if config.prepend_bos else None, progress=config.progress)
+    sums, ranks_info = sweep(config, model, feats, targets, conds,
+                             bos=bos_token_id(model) if config.prepend_bos else None)
     t0 = time.perf_counter()
-    ppl = condition_perplexities(config, model, conds, sets["eval"])
+    ppl = perplexities(config, model, conds, sets["eval"])
     t_ppl = time.perf_counter() - t0
+    protocol.update(baseline_check(sets["eval"], ppl.get(NULL_NAME, (None, None))[0],
+                                   prepend_bos=bos, allow=config.allow))
+    config = given
     info: dict[str, Any] = {}  # filled after the analyses, so its total time includes them
     result = _analyses(config, sums, targets, conds, ppl=ppl, matches=matches, info=info)
     info.update(_info(config, model, targets, sets=sets, sums=sums, ppl=ppl, t_start=t_start,
                       t_match=t_match, t_ppl=t_ppl))
+    info["distributed"] = ranks_info
+    info["protocol"] = protocol
     if sae is not None:
         info["sae"] = "(given)"
     _release_compared(compared, info)
@@ -258,8 +280,9 @@ def _analyses(config: SurvivalConfig, sums: SweepSums, targets: list[SAETarget],
               matches: dict[str, Any], info: dict[str, Any]) -> SurvivalResult:
     """Table 1, overlaps, deciles, fragility and the stability checks from the sweep's sums."""
     key = targets[0].key
+    r_intervals: dict[str, np.ndarray] = {}
     rows, r, ref, active = _table(config, sums, key, conds, ppl=ppl,
-                                  layer=layer_of(targets[0].hook))
+                                  layer=layer_of(targets[0].hook), intervals=r_intervals)
     second = None
     if len(targets) > 1:
         second = summary_table(_table(config, sums, targets[1].key, conds, ppl=ppl,
@@ -281,7 +304,7 @@ def _analyses(config: SurvivalConfig, sums: SweepSums, targets: list[SAETarget],
     return SurvivalResult(
         config=config, conditions=tuple(rows), r=r, reference=ref, active=active, read_out=key,
         overlaps=tuple(overlaps), deciles=deciles, fragility=fragility, fragility_note=note,
-        stability=stability, matches=matches, info=info)
+        stability=stability, matches=matches, info=info, r_intervals=r_intervals)
 
 
 def _info(config: SurvivalConfig, model: HookedTransformer, targets: list[SAETarget], *,

@@ -285,3 +285,48 @@ def test_config_and_missing_gguf_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)
     with pytest.raises(CgcLensError, match="needs the 'gguf' package"):
         describe("m", tmp_path / "m.gguf")
+
+
+def test_several_checkpoints_are_each_loaded_once_over_many_chunks(cgc_tiny, tmp_path):
+    """Two checkpoints over several chunks: each read from its folder once (the second streams
+    after the chunk loop over reference codes kept on disk), sums bit-identical to one chunk and
+    to the batch-outer order, and the int4 checkpoint's sums equal the in-place RTN(4)'s."""
+    from cgc_lens.compress import Plan
+    from cgc_lens.saes import load_sae
+    from cgc_lens.studies.survival.compare import compared_conditions
+    from cgc_lens.studies.survival.passes import stream_conditions
+
+    folders = []
+    for bits in (8, 4):
+        with compressed(cgc_tiny, RTN(bits)):
+            folders.append(save_model(cgc_tiny, tmp_path / f"int{bits}"))
+    before = state(cgc_tiny)
+    target = validate_sae(cgc_tiny, load_sae("cgc-tiny"))
+    gen = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, cgc_tiny.cfg.d_vocab, (12, 32), generator=gen)
+    runs = {}
+    for cache_bytes in (20_000, 1 << 30, 0):
+        specs = (f"c8={folders[0]}", f"c4={folders[1]}")
+        conds = compared_conditions(specs, cgc_tiny)
+        pairs = [("rtn4", Plan.of(RTN(4))), *[(c.name, c.plan) for c in conds]]
+        runs[cache_bytes] = sums = stream_conditions(
+            cgc_tiny,
+            tokens,
+            [target],
+            pairs,
+            batch_size=2,
+            n_shards=3,
+            cache_bytes=cache_bytes,
+            progress=False,
+        )
+        assert conds[0].plan.slot.loads == {"c8": 1, "c4": 1}
+        conds[0].plan.slot.clear()
+    assert runs[20_000].n_chunks > 2 and runs[1 << 30].n_chunks == 1 and runs[0].n_chunks == 6
+    key = target.key
+    for other in (runs[1 << 30], runs[0]):
+        assert torch.equal(runs[20_000].cond_sums[key], other.cond_sums[key])
+        assert torch.equal(runs[20_000].ref_moments[key], other.ref_moments[key])
+    sums = runs[20_000].cond_sums[key]
+    assert torch.equal(sums[0], sums[2])  # the saved int4 is the in-place int4, bit for bit
+    assert not torch.equal(sums[1], sums[2])
+    assert all(torch.equal(cgc_tiny.state_dict()[k], v) for k, v in before.items())
