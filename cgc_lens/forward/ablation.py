@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +29,7 @@ from cgc_lens.forward.head_edits import (
     EditSums,
     HeadEdit,
     check_blocks,
+    reduce_edit_sums,
     select_heads,
     sweep_edits,
 )
@@ -142,6 +143,7 @@ def head_ablation(
     heads_per_pass: int | None = None,
     progress: bool = True,
     dense: DensePass | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> AblationResult:
     """ΔPPL and ΔKL of ablating each head alone, restarting after its layer's attention.
 
@@ -159,6 +161,9 @@ def head_ablation(
         progress: show a tqdm bar.
         dense: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`): a batch it
             already ran is not run again.
+        reduce: applied to the summed NLL, KL and token counts (one float64 vector) before
+            they become perplexities: e.g. a sum over the ranks of a process group, each
+            given its own blocks (:func:`~cgc_lens.forward.head_edits.reduce_edit_sums`).
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -174,7 +179,7 @@ def head_ablation(
     out = sweep_edits(model, tokens, edits, batch_size=batch_size,
                       heads_per_pass=heads_per_pass, progress=progress, desc=f"{mode}-ablation",
                       dense=dense)
-    return _result(model, heads, out, mode=mode)
+    return _result(model, heads, reduce_edit_sums(out, reduce), mode=mode)
 
 
 def head_ablation_naive(

@@ -28,7 +28,7 @@ one full hooked forward per head) and :mod:`cgc_lens.forward.prune_sweep`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,14 +48,34 @@ if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
 
 __all__ = [
-    "EditSums", "HeadEdit", "check_blocks", "logits_from_residual", "residual_start",
-    "select_heads", "sweep_edits",
+    "EditSums", "HeadEdit", "check_blocks", "logits_from_residual", "reduce_edit_sums",
+    "residual_start", "select_heads", "sweep_edits",
 ]
 
 _UNSUPPORTED = "Per-head edits by subtraction need attention output linear in hook_z"
 
 EditSums = tuple[np.ndarray, np.ndarray, float, int, int]
 """Summed NLL and KL per edit, the dense NLL sum, scored tokens and KL positions."""
+
+
+def reduce_edit_sums(sums: EditSums, reduce: Callable[[Tensor], Tensor] | None) -> EditSums:
+    """``sums`` passed through ``reduce`` as one float64 vector (e.g. summed over the ranks of
+    a process group, each of which swept its own token blocks); as they are when None. Token
+    counts stay exact in float64 (below 2⁵³).
+
+    Example:
+        >>> sums = (np.ones(2), np.zeros(2), 3.0, 4, 5)
+        >>> reduce_edit_sums(sums, lambda v: v * 2)[2:]
+        (6.0, 8, 10)
+    """
+    if reduce is None:
+        return sums
+    nll, kl, dense_nll, n_scored, n_pos = sums
+    n = len(nll)
+    flat = torch.from_numpy(np.concatenate([nll, kl, [dense_nll, n_scored, n_pos]]).astype(
+        np.float64))
+    out = reduce(flat).numpy()
+    return out[:n], out[n:2 * n], float(out[2 * n]), int(out[2 * n + 1]), int(out[2 * n + 2])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,14 @@ from cgc_lens.compress.context import compressed
 from cgc_lens.compress.operators import HeadPrune, check_fraction, head_prune_
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.dense import DensePass
-from cgc_lens.forward.head_edits import EditSums, HeadEdit, check_blocks, select_heads, sweep_edits
+from cgc_lens.forward.head_edits import (
+    EditSums,
+    HeadEdit,
+    check_blocks,
+    reduce_edit_sums,
+    select_heads,
+    sweep_edits,
+)
 from cgc_lens.forward.metrics import log_probs, nll_kl_sums
 from cgc_lens.forward.streaming import iter_batches
 from cgc_lens.progress import progress_bar
@@ -101,7 +108,7 @@ def _per_pass(
         return heads_per_pass  # checked (and refused) by sweep_edits
     device = torch.device(model.cfg.device).type
     cap = PASS_LOGITS_ELEMENTS.get(device, PASS_LOGITS_ELEMENTS["cpu"])
-    per_edit = min(batch_size, tokens.shape[0]) * tokens.shape[1] * model.cfg.d_vocab
+    per_edit = max(1, min(batch_size, tokens.shape[0])) * tokens.shape[1] * model.cfg.d_vocab
     return max(1, cap // per_edit)
 
 
@@ -138,6 +145,7 @@ def head_prune_sweep(
     heads_per_pass: int | None = None,
     progress: bool = True,
     dense: DensePass | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> PruneSweepResult:
     """ΔPPL and ΔKL of magnitude-pruning each head's ``W_O`` slice alone to each retention.
 
@@ -159,6 +167,8 @@ def head_prune_sweep(
         progress: show a tqdm bar.
         dense: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`): a batch it
             already ran is not run again.
+        reduce: applied to the summed NLL, KL and token counts (one float64 vector) before
+            they become perplexities, as in :func:`~cgc_lens.forward.ablation.head_ablation`.
 
     Example:
         >>> from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -181,7 +191,7 @@ def head_prune_sweep(
         desc="prune sweep",
         dense=dense,
     )
-    return _result(model, heads, levels, sums)
+    return _result(model, heads, levels, reduce_edit_sums(sums, reduce))
 
 
 def head_prune_sweep_naive(

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -179,6 +179,7 @@ def calibration_pass(
     n_groups: int = 20,
     batch_size: int = 8,
     progress: bool = True,
+    blocks: range | None = None,
 ) -> CalibrationStats:
     """One streamed pass over ``tokens`` (``hook_z`` of every layer) feeding every accumulator.
 
@@ -186,13 +187,22 @@ def calibration_pass(
     first ``survival_tokens`` tokens (``None``: all), rounded up to whole batches. Firing
     counts are also kept per group of blocks (``n_groups`` contiguous runs,
     :func:`~cgc_lens.analysis.uncertainty.token_groups`) for δ's jackknife.
+
+    ``blocks`` (a rank's shard, :func:`~cgc_lens.studies.capability.sharding.token_shard`):
+    read only these blocks, a run of whole batches from the start of one, with every token at
+    its place in the full stream (categories, groups, the Def 3 sample, the survival tokens);
+    the shards' statistics merge into those of one pass
+    (:func:`~cgc_lens.studies.capability.sharding.merge_calibration`). None: all the blocks.
     """
     # Over 60 lines: one streamed pass feeds six accumulators through one callback
     cfg = model.cfg
     order = sae_order(model, sae)
     n_layers, n_heads, d_sae = cfg.n_layers, cfg.n_heads, sae.cfg.d_sae
+    blocks = range(tokens.shape[0]) if blocks is None else blocks
+    offset = blocks.start * tokens.shape[1]
     acc = FeatureAccumulator(n_layers=n_layers, n_heads=n_heads, d_sae=d_sae,
-                             sample_per_category=sample_per_category, seed=seed)
+                             sample_per_category=sample_per_category, seed=seed,
+                             token_offset=offset)
     z_sq = torch.zeros(n_layers, n_heads, cfg.d_head, dtype=torch.float64)
     z_sum = torch.zeros_like(z_sq)
     surv = None if maps is None else [[PearsonAccumulator(n_heads * d_sae) for _ in
@@ -204,16 +214,17 @@ def calibration_pass(
     n_g = int(group_of.max()) + 1
     g_counts = torch.zeros(n_layers, n_g, n_heads * d_sae, dtype=torch.int64)
     g_tokens = torch.zeros(n_g, dtype=torch.int64)
-    state = {"tokens": 0, "survival": 0}
+    state = {"tokens": offset, "survival": 0}
     hooks = [hook_name("z", layer=ell) for ell in range(n_layers)]
 
     def update(acts: Mapping[str, Tensor], i: int) -> None:
-        rows = block_categories[i * batch_size:(i + 1) * batch_size]
+        lo = blocks.start + i * batch_size
+        rows = block_categories[lo:lo + batch_size]
         cats = rows.repeat_interleave(acts[hooks[0]].shape[1])
         start = state["tokens"]
         groups = torch.from_numpy(group_of[start:start + cats.numel()])
         g_tokens.add_(torch.bincount(groups, minlength=n_g))
-        in_survival = maps is not None and state["survival"] < limit
+        in_survival = maps is not None and start < limit
         for ell, name in enumerate(hooks):
             z = rearrange(acts[name], "b p h d -> (b p) h d").to(sae.W_enc.device)
             z64 = z.double()
@@ -230,12 +241,13 @@ def calibration_pass(
         if in_survival:
             state["survival"] += cats.numel()
 
-    run_sites(model, tokens, hooks, batch_size=batch_size, callback=update, progress=progress,
-              desc="calibration")
+    run_sites(model, tokens[blocks.start:blocks.stop], hooks, batch_size=batch_size,
+              callback=update, progress=progress, desc="calibration")
     groups = GroupCounts(counts=g_counts.view(n_layers, n_g, n_heads, d_sae).transpose(0, 1)
                          .numpy(), n_tokens=g_tokens[:, None].repeat(1, n_layers).numpy(),
                          block_len=int(tokens.shape[1]))
-    return CalibrationStats(features=acc, z_sum_sq=z_sq, z_sum=z_sum, n_tokens=state["tokens"],
+    return CalibrationStats(features=acc, z_sum_sq=z_sq, z_sum=z_sum,
+                            n_tokens=state["tokens"] - offset,
                             survival=surv, survival_counts=counts,
                             survival_tokens=state["survival"], groups=groups)
 
@@ -396,6 +408,22 @@ class KLFitness:
             return self.kl(n_tokens, known)
 
 
+def _reduce_scores(
+    reduce: Callable[[Tensor], Tensor] | None, nll: dict[str, float], kl: dict[str, float],
+    n_scored: int, n_pos: int,
+) -> tuple[dict[str, float], dict[str, float], int, int]:
+    """The summed NLL and KL of each allocation and the token counts through ``reduce`` as one
+    float64 vector (a sum over ranks); as they are when None."""
+    if reduce is None:
+        return nll, kl, n_scored, n_pos
+    names = list(nll)
+    flat = reduce(torch.tensor([*nll.values(), *kl.values(), n_scored, n_pos],
+                               dtype=torch.float64)).tolist()
+    return (dict(zip(names, flat[:len(names)], strict=True)),
+            dict(zip(names, flat[len(names):2 * len(names)], strict=True)),
+            int(flat[-2]), int(flat[-1]))
+
+
 @torch.no_grad()
 def evaluate_allocations(
     model: HookedTransformer,
@@ -405,13 +433,17 @@ def evaluate_allocations(
     probes: Sequence[str] = (),
     batch_size: int = 8,
     progress: bool = True,
+    reduce: Callable[[Tensor], Tensor] | None = None,
     dense: DensePass | None = None,
 ) -> dict[str, dict[str, object]]:
     """Perplexity, mean KL(dense ‖ compressed) and probe results of each allocation.
 
     Per batch the dense logits are computed once and each allocation is applied in turn with
     :func:`compressed` (restored after each), so no dense logits are stored. Perplexity is the
-    chunked protocol of :func:`cgc_lens.forward.metrics.perplexity`.
+    chunked protocol of :func:`cgc_lens.forward.metrics.perplexity`. ``reduce`` is applied to
+    the summed NLL, KL and token counts (one float64 vector) before they become perplexities:
+    a sum over ranks each given its own blocks (:class:`~cgc_lens.studies.capability.sharding.
+    TokenShard`); probes read their own prompts, the same on every rank.
 
     ``dense``: the study's dense pass (:class:`~cgc_lens.forward.dense.DensePass`), read instead
     of running the dense model on a batch it already ran. An allocation that keeps every weight
@@ -432,16 +464,12 @@ def evaluate_allocations(
                else dense(batch).log_probs)
         ref_p = ref.exp()
         for name in names:
-            if all(r == 1.0 for r in allocations[name].values()):
-                a, k = nll_kl_sums(ref, batch, ref, ref_p)  # HeadPrune at 1 changes no weight
-            else:
-                with compressed(model, HeadPrune(dict(allocations[name]))):
-                    a, k = nll_kl_sums(log_probs(model(batch, return_type="logits")), batch,
-                                       ref, ref_p)
+            a, k = _allocation_sums(model, allocations[name], batch, ref, ref_p)
             nll[name] += float(a)
             kl[name] += float(k)
         n_scored += batch.shape[0] * (batch.shape[1] - 1)
         n_pos += batch.numel()
+    nll, kl, n_scored, n_pos = _reduce_scores(reduce, nll, kl, n_scored, n_pos)
     out: dict[str, dict[str, object]] = {}
     made = {p: get_probe(p) for p in probes}
     for name in names:
@@ -454,6 +482,15 @@ def evaluate_allocations(
                      "probes": results}
     return {name: {**out[same[name]], "probes": dict(out[same[name]]["probes"])}
             for name in allocations}
+
+
+def _allocation_sums(model: HookedTransformer, retention: Mapping[Head, float], batch: Tensor,
+                     ref: Tensor, ref_p: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed NLL and KL(dense ‖ pruned) of one batch under one retention map."""
+    if all(r == 1.0 for r in retention.values()):
+        return nll_kl_sums(ref, batch, ref, ref_p)  # HeadPrune at 1 changes no weight
+    with compressed(model, HeadPrune(dict(retention))):
+        return nll_kl_sums(log_probs(model(batch, return_type="logits")), batch, ref, ref_p)
 
 
 def _first_equal(allocations: Mapping[str, Mapping[Head, float]]) -> dict[str, str]:

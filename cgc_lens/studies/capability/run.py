@@ -45,6 +45,7 @@ from cgc_lens.studies.capability.passes import (
     evaluate_allocations,
 )
 from cgc_lens.studies.capability.result import CapabilityResult
+from cgc_lens.studies.capability.sharding import merge_calibration, token_shard
 from cgc_lens.studies.capability.steps import allocations, load_blocks, load_saes, theorem1
 
 if TYPE_CHECKING:
@@ -101,7 +102,8 @@ def _token_sets(config: CapabilityConfig, model: HookedTransformer,
 def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: TokenBlocks,
              evaluation: TokenBlocks, *, sae: Any, labels: tuple[Any, str],
              lap: _Laps, dense: DensePass | None = None) -> dict[str, Any]:
-    """Calibration pass, density, Wanda, magnitude, ablation and Theorem 1."""
+    """Calibration pass, density, Wanda, magnitude, ablation and Theorem 1 (the blocks of
+    each pass split over the ranks of a process group, the statistics merged)."""
     cats, cat_mode = labels
     sample = config.sample_per_category or default_sample(cat_mode, len(calibration))
     maps = effective_z_maps(model.W_O, config.survival_retentions,
@@ -109,7 +111,9 @@ def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: To
     stats = calibration_pass(model, calibration.tokens, cats, sae, sample_per_category=sample,
                              seed=config.seed, maps=maps, survival_tokens=config.survival_tokens,
                              n_groups=config.density.n_groups, batch_size=config.batch_size,
-                             progress=config.progress)
+                             progress=config.progress,
+                             blocks=token_shard(len(calibration), config.batch_size).blocks)
+    stats = merge_calibration(stats)
     density = capability_density(stats.features,
                                  replace(config.density, seed=config.density.seed + config.seed),
                                  groups=stats.groups)
@@ -118,9 +122,11 @@ def _measure(config: CapabilityConfig, model: HookedTransformer, calibration: To
     magnitude = magnitude_head_importance(W_O)
     lap("calibration")
     means = (stats.z_sum / stats.n_tokens).to(W_O.dtype)
-    ablation = head_ablation(model, evaluation.tokens, mode=config.ablation_mode, means=means,
-                             batch_size=config.batch_size, heads_per_pass=config.heads_per_pass,
-                             progress=config.progress, dense=dense)
+    shard = token_shard(len(evaluation), config.batch_size)
+    ablation = head_ablation(model, shard.take(evaluation.tokens), mode=config.ablation_mode,
+                             means=means, batch_size=config.batch_size,
+                             heads_per_pass=config.heads_per_pass, progress=config.progress,
+                             reduce=shard.reduce, dense=dense)
     lap("ablation")
     result = theorem1(config, model, stats, density, evaluation, dense=dense)
     lap("theorem1")
@@ -167,9 +173,11 @@ def run_capability(config: CapabilityConfig | None = None, **inputs: Any) -> Cap
                  dense=dense)
     alloc = allocations(config, model, m["density"], calibration)
     lap("cgc_f")
+    shard = token_shard(len(evaluation), config.batch_size)
     scores = evaluate_allocations(
-        model, evaluation.tokens, {k: a.by_head() for k, a in alloc["allocations"].items()},
-        probes=config.probes, batch_size=config.batch_size, progress=config.progress,
+        model, shard.take(evaluation.tokens),
+        {k: a.by_head() for k, a in alloc["allocations"].items()}, probes=config.probes,
+        batch_size=config.batch_size, progress=config.progress, reduce=shard.reduce,
         dense=dense)
     dense.clear()
     lap("evaluate")

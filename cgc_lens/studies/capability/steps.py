@@ -25,12 +25,13 @@ from cgc_lens.data import TokenBlocks, draw_blocks, load_corpus
 from cgc_lens.errors import CgcLensError
 from cgc_lens.forward.dense import DensePass
 from cgc_lens.forward.prune_sweep import head_prune_sweep
-from cgc_lens.saes import BatchedSAEConfig, TrainConfig, fit_sae, load_batched_sae
+from cgc_lens.saes import BatchedSAEConfig, TrainConfig, load_batched_sae
 from cgc_lens.sites import Head
 from cgc_lens.studies.capability.config import CapabilityConfig
 from cgc_lens.studies.capability.intervals import interval_keys
 from cgc_lens.studies.capability.passes import CalibrationStats, KLFitness
 from cgc_lens.studies.capability.result import Theorem1Result
+from cgc_lens.studies.capability.sharding import SplitFitness, fit_head_saes, token_shard
 
 if TYPE_CHECKING:
     from transformer_lens import HookedTransformer
@@ -76,7 +77,8 @@ def load_blocks(config: CapabilityConfig, model: HookedTransformer, split: str, 
 
 def load_saes(config: CapabilityConfig, model: HookedTransformer,
               calibration: TokenBlocks) -> BatchedTopKSAE:
-    """The per-head SAEs ``config.saes`` names, or fresh ones trained on the calibration tokens."""
+    """The per-head SAEs ``config.saes`` names, or fresh ones trained on the calibration tokens
+    (split by heads over the ranks of a process group: :func:`.sharding.fit_head_saes`)."""
     source = config.saes
     if source == "auto":
         source = "cgc-tiny" if config.model == "cgc-tiny" else "train"
@@ -90,8 +92,8 @@ def load_saes(config: CapabilityConfig, model: HookedTransformer,
     train = TrainConfig(epochs=config.sae_epochs, lr=config.sae_lr,
                         batch_size=config.sae_batch_size, max_steps=config.sae_max_steps,
                         seed=config.seed)
-    sae, res = fit_sae(model, calibration.tokens, sae_cfg, train, batch_size=config.batch_size,
-                       progress=config.progress)
+    sae, res = fit_head_saes(model, calibration.tokens, sae_cfg, train,
+                             batch_size=config.batch_size, progress=config.progress)
     logger.info("trained %d per-head SAEs (d_sae %d, k %d): %d steps", sae.n, sae_cfg.d_sae,
                 sae_cfg.k, res.steps)
     return sae
@@ -128,15 +130,17 @@ def _ptp(config: CapabilityConfig, curves: np.ndarray) -> np.ndarray:
 def theorem1(config: CapabilityConfig, model: HookedTransformer, stats: CalibrationStats,
              density: DensityResult, evaluation: TokenBlocks, *,
              dense: DensePass | None = None) -> Theorem1Result:
-    """Destruction per head and level, its correlation with density, and each head's PTP."""
+    """Destruction per head and level, its correlation with density, and each head's PTP (the
+    prune sweep's blocks split over the ranks of a process group, its sums merged)."""
     levels = np.asarray(config.survival_retentions, float)
     destr, n_active = _destruction(config, stats, density.density.shape)
     dppl = dkl = None
     if config.survival_dppl:
-        sweep = head_prune_sweep(model, evaluation.tokens, list(levels),
+        shard = token_shard(len(evaluation), config.batch_size)
+        sweep = head_prune_sweep(model, shard.take(evaluation.tokens), list(levels),
                                  batch_size=config.batch_size,
                                  heads_per_pass=config.heads_per_pass, progress=config.progress,
-                                 dense=dense)
+                                 reduce=shard.reduce, dense=dense)
         dppl, dkl = sweep.delta_ppl, sweep.delta_kl
     ptp_d = _ptp(config, destr)
     ptp_p = None if dppl is None else _ptp(config, dppl)
@@ -190,7 +194,7 @@ def allocations(config: CapabilityConfig, model: HookedTransformer, density: Den
     else:
         logger.warning("Uniform retention %g exceeds some density ceilings: CGC-F cannot start "
                        "from it and is compared with CGC-L only.", config.retention)
-    best = cgc_f_from_starts(starts, fitness, evo, floor=config.floor)
+    best = cgc_f_from_starts(starts, SplitFitness(fitness), evo, floor=config.floor)
     allocs["cgc_f"] = best.allocation
     out.update(search=best.search, origin=best.origin, start=best.start)
     known = {"dense": 0.0, **best.start_fitness, "cgc_f": best.fitness}
