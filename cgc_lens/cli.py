@@ -349,9 +349,8 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_command("demo", "the main job on cgc-tiny: survival audit and capability study")(
-    (_demo_args, _demo)
-)
+_command("demo", "the main job on cgc-tiny: survival audit and capability study")((_demo_args,
+                                                                                   _demo))
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -391,10 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    # TransformerLens imports bitsandbytes when installed; its CPU kernel-hub notice is noise here
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from cgc_lens.cli_guard import guarded
 
     return guarded(args.command, partial(_COMMANDS[args.command][1], args), argv=argv)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

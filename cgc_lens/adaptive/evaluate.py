@@ -3,9 +3,10 @@ mean-pooled latents that sparse probing classifies.
 
 Quality goes through :func:`cgc_lens.saes.evaluate_saes` for both methods at every site, each
 SAE spliced alone (``splice="each"``: one clean pass per batch reads them all), so both are
-measured by one definition of MSE, explained variance, L0, L1, KL and CE loss recovered. Each method is also evaluated with its code zeroed: what the
-reconstruction explains without any latent (the compressor's skip term and b_dec; the TopK
-SAE's b_dec). ``latent_contribution`` is the difference: the variance the latents explain.
+measured by one definition of MSE, explained variance, L0, L1, KL and CE loss recovered. Each
+method is also evaluated with its code zeroed: what the reconstruction explains without any
+latent (the compressor's skip term and b_dec; the TopK SAE's b_dec). ``latent_contribution``
+is the difference: the variance the latents explain.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def _write_figures(out: Path, figures: Mapping[str, go.Figure]) -> None:
         # "directory": one plotly.min.js beside the figures, read by relative path (offline;
         # inlining it would put 4.8 MB into every figure file)
         fig.write_html(out / "figures" / f"{name}.html", include_plotlyjs="directory",
-                       full_html=True)
+                       full_html=True, div_id=f"figure-{name}")  # no random uuid: same bytes
+
 
 
 @dataclass(frozen=True)
