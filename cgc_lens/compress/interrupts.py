@@ -30,6 +30,7 @@ DEFERRED_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 # (which cost more than the calls themselves on every restore).
 _raw = getattr(signal, "_signal", signal)
 _HELD = tuple(int(s) for s in DEFERRED_SIGNALS)
+_MASK = hasattr(signal, "pthread_sigmask")  # POSIX; elsewhere handlers go back one by one
 
 
 class deferred_signals:  # lower case: used like a function, ``with deferred_signals():``
@@ -74,8 +75,22 @@ class deferred_signals:  # lower case: used like a function, ``with deferred_sig
         return self
 
     def _put_back(self) -> None:
-        for sig, previous in self._previous.items():
-            _raw.signal(sig, previous)
+        """Every previous handler back, with the held signals blocked at the OS meanwhile.
+
+        Without the block a signal arriving between two handlers put back ran the first one
+        (``signal.signal`` runs pending handlers before it changes one): when that raised, the
+        second signal kept the note-taker of a finished deferral and was dropped from then on.
+        Blocked, a signal arriving now waits in the OS and reaches its own handler once all are
+        back; one already noted by Python is taken by the note-taker at the first call below.
+        """
+        block = _MASK and threading.current_thread() is threading.main_thread()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD) if block else None
+        try:
+            for sig, previous in self._previous.items():
+                _raw.signal(sig, previous)
+        finally:
+            if mask is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
