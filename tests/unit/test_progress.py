@@ -299,7 +299,9 @@ def test_saving_a_results_folder_names_its_stage(tmp_path, capsys):
     assert capsys.readouterr().err.count("%|") == 0
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork (POSIX)")
+@pytest.mark.skipif(not hasattr(os, "fork"),
+                    reason="POSIX only: the lock at stake is shared with forked children, and "
+                           "this platform has no os.fork")
 @pytest.mark.parametrize("ours", [True, False])
 def test_a_child_killed_holding_the_bar_lock_does_not_block_the_parent(ours):
     """A forked child that dies holding the bars' lock (SIGKILL while it makes a bar, as a
