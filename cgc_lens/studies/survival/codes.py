@@ -16,7 +16,7 @@ import torch
 from cgc_lens.analysis.accumulators import ReferenceAccumulator
 from cgc_lens.saes.sparse_encoder import SparseCodes
 
-__all__ = ["reference_accumulator"]
+__all__ = ["add_codes", "reference_accumulator"]
 
 
 def reference_accumulator(codes: SparseCodes, threshold: float) -> ReferenceAccumulator | None:
@@ -48,3 +48,13 @@ def reference_accumulator(codes: SparseCodes, threshold: float) -> ReferenceAccu
         n_tokens=codes.n, fire_count=fire_count, sum_act=sum_act, sum_act_firing=sum_act_firing,
         sum_sq_firing=sum_sq_firing, max_act=peak, fire_threshold=threshold,
     )
+
+
+def add_codes(acc: ReferenceAccumulator, codes: SparseCodes,
+              batch: ReferenceAccumulator | None) -> None:
+    """Add ``codes`` to ``acc``: merge ``batch``, their :func:`reference_accumulator` (sums add,
+    maxima take the max, exactly as ``update`` would), or update on the dense codes when None."""
+    if batch is None:
+        acc.update(codes.to_dense())
+    else:
+        acc.merge(batch)

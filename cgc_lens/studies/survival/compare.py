@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,27 +324,22 @@ def load_tl_state(model: ComparedModel, reference: HookedTransformer) -> dict[st
 class CheckpointSlot:
     """The one compared state dict held at a time (reloaded when another one is asked for).
 
-    The sweep asks for each checkpoint once (:func:`deferred_swaps`); ``loads`` and
-    ``load_seconds`` count what loading cost, per checkpoint name.
+    The sweep asks for each checkpoint once (:func:`deferred_swaps`); ``loads`` counts the
+    reads per checkpoint name.
     """
 
     name: str | None = None
     state: dict[str, torch.Tensor] = field(default_factory=dict)
     loads: dict[str, int] = field(default_factory=dict)
     """Times each checkpoint was read from its path."""
-    load_seconds: dict[str, float] = field(default_factory=dict)
-    """Wall seconds spent reading each one (all its loads)."""
 
     def get(self, model: ComparedModel, reference: HookedTransformer) -> dict[str, torch.Tensor]:
         """``model``'s weights, loading them (and dropping the held ones) when not held."""
         if self.name != model.name:
             self.clear()
-            t0 = time.perf_counter()
             self.state = load_tl_state(model, reference)
             self.name = model.name
             self.loads[model.name] = self.loads.get(model.name, 0) + 1
-            seconds = time.perf_counter() - t0
-            self.load_seconds[model.name] = self.load_seconds.get(model.name, 0.0) + seconds
         return self.state
 
     def clear(self) -> None:

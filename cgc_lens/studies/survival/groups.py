@@ -25,7 +25,7 @@ from torch import Tensor
 from cgc_lens.analysis.accumulators import PearsonAccumulator, ReferenceAccumulator
 from cgc_lens.errors import CgcLensError
 from cgc_lens.saes.sparse_encoder import SparseCodes
-from cgc_lens.studies.survival.codes import reference_accumulator
+from cgc_lens.studies.survival.codes import add_codes, reference_accumulator
 
 __all__ = ["GROUP_SEED", "GroupSums", "block_groups", "row_runs", "rows_of"]
 
@@ -131,8 +131,10 @@ class GroupSums:
     def __post_init__(self) -> None:
         self.tokens = self.tokens or [0] * self.n_groups
 
-    def add_reference(self, key: str, runs: list[Run], x: SparseCodes, moments: Tensor) -> None:
-        """Add one batch's reference codes ``x`` (``moments``: its Σx, Σx², already formed)."""
+    def add_reference(self, key: str, runs: list[Run], x: SparseCodes, moments: Tensor,
+                      batch: ReferenceAccumulator | None) -> None:
+        """Add one batch's reference codes ``x`` (``moments``: its Σx, Σx², and ``batch``: its
+        :func:`reference_accumulator`, already formed)."""
         if key not in self.ref_moments:
             device = moments.device
             self.ref_moments[key] = torch.zeros(
@@ -147,14 +149,11 @@ class GroupSums:
             ]
         first = key == next(iter(self.ref_moments))
         for g, lo, hi in runs:
-            part = x if len(runs) == 1 else rows_of(x, lo, hi)
-            self.ref_moments[key][g] += moments if len(runs) == 1 else part.moments()
-            batch = reference_accumulator(part, self.threshold)
-            acc = self.reference[key][g]
-            if batch is None:
-                acc.update(part.to_dense())
-            else:
-                acc.merge(batch)
+            whole = len(runs) == 1
+            part = x if whole else rows_of(x, lo, hi)
+            self.ref_moments[key][g] += moments if whole else part.moments()
+            add_codes(self.reference[key][g], part,
+                      batch if whole else reference_accumulator(part, self.threshold))
             if first:
                 self.tokens[g] += hi - lo
 

@@ -51,7 +51,7 @@ from cgc_lens.forward.streaming import stop_layer
 from cgc_lens.progress import progress_bar
 from cgc_lens.saes.attach import SAETarget
 from cgc_lens.saes.sparse_encoder import SparseCodes, SparseEncoder
-from cgc_lens.studies.survival.codes import reference_accumulator
+from cgc_lens.studies.survival.codes import add_codes, reference_accumulator
 from cgc_lens.studies.survival.compare import deferred_swaps
 from cgc_lens.studies.survival.conditions import edited
 from cgc_lens.studies.survival.groups import GroupSums, block_groups, row_runs
@@ -359,14 +359,9 @@ def _add_reference(sums: SweepSums, shard: int, sparse: dict[str, SparseCodes], 
                                               device=device)
             sums.reference[key] = [ReferenceAccumulator(x.d, fire_threshold=threshold)
                                    for _ in range(n)]
-        moments = x.moments()
+        moments, batch = x.moments(), reference_accumulator(x, threshold)
         sums.ref_moments[key][shard] += moments
         if sums.groups is not None:
-            sums.groups.add_reference(key, runs, x, moments)
-        acc = sums.reference[key][shard]
-        batch = reference_accumulator(x, threshold)
-        if batch is None:
-            acc.update(x.to_dense())
-        else:  # merge() adds the sums and takes the max, exactly as update() would
-            acc.merge(batch)
+            sums.groups.add_reference(key, runs, x, moments, batch)
+        add_codes(sums.reference[key][shard], x, batch)
     sums.n_tokens[shard] += next(iter(sparse.values())).n

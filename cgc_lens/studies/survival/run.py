@@ -107,6 +107,8 @@ def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condit
     active = active_features(ref.firing_rate, config.active_rate)
     ppl_ref = ppl.get(NULL_NAME, (None, None))[0]
     rows, r = [], {}
+    groups = sums.groups if sums.groups is not None and sums.groups.n_groups >= 2 else None
+    group_ref = None if groups is None else groups.reference_sums(key, pooled_ref)  # once
     for c in conds:
         acc = merge_all(sums.pearson_shards(key, c.name))
         r[c.name] = acc.pearson(flat_other=config.flat_other)  # type: ignore[attr-defined]
@@ -116,10 +118,10 @@ def _table(config: SurvivalConfig, sums: SweepSums, key: str, conds: list[Condit
             thresholds=config.thresholds, constant=ref.constant)
         row = dataclasses.replace(row, spec=c.spec, format=c.format, group_size=c.group_size,
                                   bits_per_weight=c.bits_per_weight)
-        if sums.groups is not None and sums.groups.n_groups >= 2:
+        if groups is not None:
             iv = survival_intervals(
-                sums.groups.pearson(key, sums.conditions.index(c.name), acc),
-                sums.groups.reference_sums(key, pooled_ref),  # type: ignore[arg-type]
+                groups.pearson(key, sums.conditions.index(c.name), acc),
+                group_ref,  # type: ignore[arg-type]
                 thresholds=config.thresholds, flat_other=config.flat_other)
             row = dataclasses.replace(row, **iv.row_fields())
             if intervals is not None:

@@ -46,8 +46,6 @@ class ReferenceSpill:
     def __init__(self) -> None:
         self._folder: tempfile.TemporaryDirectory[str] | None = None
         self._paths: list[Path] = []
-        self.bytes_written = 0
-        """Bytes of codes written (the size of the files, about ``cache_bytes`` per chunk)."""
 
     def __enter__(self) -> ReferenceSpill:
         return self
@@ -71,7 +69,6 @@ class ReferenceSpill:
         ]
         torch.save(rows, path)
         self._paths.append(path)
-        self.bytes_written += path.stat().st_size
 
     def chunks(self) -> Iterator[Chunk]:
         """The chunks written, in order, one held at a time."""
@@ -93,9 +90,6 @@ class ReferenceSpill:
             del rows
             yield chunk
             del chunk  # before the next chunk is read (the caller drops its own reference)
-
-    def __len__(self) -> int:
-        return len(self._paths)
 
     def close(self) -> None:
         """Remove the folder and its files."""
